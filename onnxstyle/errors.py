@@ -1,0 +1,57 @@
+"""Typed errors raised by the library; the CLI alone maps them to messages and exit codes."""
+
+from __future__ import annotations
+
+
+class OnnxStyleError(Exception):
+    """Base class: a problem the user can fix, reported as one line without a traceback."""
+
+    exit_code = 1
+
+
+class WeightsError(OnnxStyleError):
+    """Weights file missing, of an unknown format, or with wrong keys, shapes or hash."""
+
+    exit_code = 3
+
+
+class ExportError(OnnxStyleError):
+    """An export could not be written or did not validate against torch."""
+
+    exit_code = 4
+
+
+class ModelsError(OnnxStyleError):
+    """A models folder is missing, corrupt, of another format version or of other settings."""
+
+    exit_code = 5
+
+
+class ImageError(OnnxStyleError):
+    """An input image is missing, unreadable or not an image."""
+
+    exit_code = 6
+
+
+class OutputError(OnnxStyleError):
+    """The output path cannot be written (missing folder, unknown extension, same as an input)."""
+
+    exit_code = 7
+
+
+class ProviderError(OnnxStyleError):
+    """The requested execution provider is not available in this onnxruntime."""
+
+    exit_code = 8
+
+
+class OptimizationError(OnnxStyleError):
+    """The optimization failed repeatedly (NaN/Inf) and stopped; the best image was kept."""
+
+    exit_code = 9
+
+
+class MissingDependencyError(OnnxStyleError):
+    """An optional dependency (torch for export, onnxruntime for running) is not installed."""
+
+    exit_code = 10

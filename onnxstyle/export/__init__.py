@@ -1,0 +1,1 @@
+"""torch → ONNX: graphs, validation against autograd, manifest (needs the `export` extra)."""

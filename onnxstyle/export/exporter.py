@@ -1,0 +1,168 @@
+"""Export: weights → two ONNX graphs + manifest, written atomically, then validated."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .. import __version__
+from ..errors import ExportError
+from ..models.vgg import VGG19
+from ..models.weights import VGGWeights, load_weights
+from ..runtime.manifest import GRAPHS, MANIFEST, METADATA_KEY, default_export_dir
+from ..spec import FORMAT_VERSION, LAYER_CHANNELS, ExportSettings, LossSpec, file_sha256
+from .graphs import OPSET, Weights, build_features, build_loss_grad, weight_defaults
+from .validate import DEFAULT_SIZES, SizeReport, validate_export
+
+
+@dataclass
+class ExportResult:
+    folder: Path
+    manifest: dict[str, Any]
+    reports: list[SizeReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _io_entries(model: onnx.ModelProto, kinds: dict[str, str], defaults: dict[str, float]) -> dict[str, Any]:
+    def shape(vi: onnx.ValueInfoProto) -> list[Any]:
+        return [d.dim_param if d.dim_param else d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+    ins = []
+    for vi in model.graph.input:
+        e: dict[str, Any] = {"name": vi.name, "kind": kinds.get(vi.name, "weight"), "shape": shape(vi)}
+        if e["kind"] == "weight":
+            e["default"] = defaults[vi.name]
+        ins.append(e)
+    outs = [{"name": vi.name, "kind": kinds.get(vi.name, "loss term"), "shape": shape(vi)} for vi in model.graph.output]
+    return {"inputs": ins, "outputs": outs}
+
+
+def build_manifest(
+    settings: ExportSettings, w: VGGWeights, features: onnx.ModelProto, loss_grad: onnx.ModelProto
+) -> dict[str, Any]:
+    import torch
+
+    spec = settings.spec
+    kinds = {"image": "image", "loss": "loss", "grad": "gradient"}
+    kinds.update({f"content_{n}": "content target" for n in spec.content_layers})
+    kinds.update({f"gram_{n}": "style target" for n in spec.style_layers})
+    defaults = weight_defaults(spec)
+    return {
+        "format_version": FORMAT_VERSION,
+        "onnxstyle_version": __version__,
+        "preset": settings.preset,
+        "settings_key": settings.key(),
+        "layers": {
+            "content": list(spec.content_layers),
+            "style": list(spec.style_layers),
+            "deepest": spec.deepest,
+            "channels": {n: LAYER_CHANNELS[n] for n in (*spec.content_layers, *spec.style_layers)},
+        },
+        "pooling": spec.pooling,
+        "spec": spec.to_dict(),
+        "weights": {"source": w.source, "path": w.path, "sha256": w.sha256, "requested": settings.weights},
+        "preprocessing": {"graph_input": "RGB float32 in [0,1], NCHW, batch 1", **w.preprocessing.to_dict()},
+        "opset": OPSET,
+        "exporter": {
+            "onnxstyle": __version__,
+            "onnx": onnx.__version__,
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "method": "adjoint graph built with onnx.helper from forward ops; validated against torch autograd",
+        },
+        "graphs": {
+            "features": _io_entries(features, kinds, defaults),
+            "loss_grad": _io_entries(loss_grad, kinds, defaults),
+        },
+    }
+
+
+def export(
+    settings: ExportSettings,
+    out: Path | None = None,
+    validate: bool = True,
+    sizes: tuple[tuple[int, int], ...] = DEFAULT_SIZES,
+    log: Callable[[str], None] | None = None,
+    overwrite: bool = True,
+) -> ExportResult:
+    """Write a validated export to ``out`` (default: the cache folder for these settings)."""
+    t0 = time.perf_counter()
+    say = log or (lambda s: None)
+    w = load_weights(settings.weights)
+    if settings.weights not in ("caffe", "torchvision") and settings.weights_sha256 is None:
+        settings = ExportSettings(settings.spec, settings.preset, settings.weights, file_sha256(settings.weights))
+    folder = Path(out) if out is not None else default_export_dir(settings)
+    spec = settings.spec
+    gw = Weights({k: v for k, v in w.convs.items()}, *w.preprocessing.affine())
+    say(f"building graphs up to {spec.deepest} ({w.source} weights, {spec.pooling} pooling)")
+    features = build_features(spec, gw)
+    loss_grad = build_loss_grad(spec, gw)
+    manifest = build_manifest(settings, w, features, loss_grad)
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a sibling temp folder and rename: readers never see a half-written
+    # export, and two exporters racing for one cache folder cannot interleave files.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        blob = json.dumps(manifest, sort_keys=True)
+        files = {}
+        for name, model in zip(GRAPHS, (features, loss_grad)):
+            onnx.helper.set_model_props(model, {METADATA_KEY: blob})
+            onnx.save_model(model, str(tmp / name))
+            files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(str(tmp / name))}
+        manifest["files"] = files
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        reports: list[SizeReport] = []
+        if validate:
+            say("validating against torch autograd at " + ", ".join(f"{h}x{w_}" for h, w_ in sizes))
+            model = VGG19(w, last=spec.deepest, pooling=spec.pooling).eval()
+            reports = validate_export(tmp, model, spec, sizes)
+            bad = [r for r in reports if not r.ok()]
+            if bad:
+                raise ExportError("export failed validation: " + "; ".join(r.line() for r in bad))
+        _commit(tmp, folder, overwrite)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(folder, manifest, reports, time.perf_counter() - t0)
+
+
+def _commit(tmp: Path, folder: Path, overwrite: bool) -> None:
+    if folder.exists():
+        if not overwrite:
+            raise ExportError(f"{folder} already exists")
+        if not (folder / MANIFEST).exists() and any(folder.iterdir()):
+            raise ExportError(f"{folder} exists and is not an onnxstyle export; choose another --out")
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.rename(folder, old)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            os.rename(old, folder)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        try:
+            os.rename(tmp, folder)
+        except OSError as e:
+            # Another exporter won the race to an identical-settings folder: keep theirs.
+            if (folder / MANIFEST).exists():
+                return
+            raise ExportError(f"could not write {folder}: {e}") from e
+
+
+def spec_for(preset: str, **overrides: Any) -> LossSpec:
+    from ..spec import PRESETS
+
+    base = PRESETS[preset]
+    return base.replace(**{k: v for k, v in overrides.items() if v is not None})

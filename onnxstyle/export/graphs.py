@@ -1,0 +1,311 @@
+"""The two ONNX graphs, built node by node: features, and loss with its exact gradient.
+
+The gradient graph is the adjoint of the forward network written out with forward
+ops only (Conv, Where, SpaceToDepth/DepthToSpace, MatMul, Pad), so it runs on every
+stock onnxruntime provider: no training ops, no weight gradients, nothing past the
+deepest layer in use. Its correctness is proven against torch autograd after every
+export (``validate.py``) and by finite differences in the tests.
+
+All spatial sizes are symbolic: one export serves every image size from 32 px up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..spec import LAYER_CHANNELS, LAYER_INDEX, LAYERS, LossSpec, layer_stride
+
+OPSET = 17
+IMAGE = "image"
+EPS = 1e-8
+
+
+def _dims(name: str) -> tuple[str, str]:
+    s = layer_stride(name)
+    return (f"H/{s}", f"W/{s}") if s > 1 else ("H", "W")
+
+
+@dataclass
+class _Builder:
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    inits: list[onnx.TensorProto] = field(default_factory=list)
+    count: int = 0
+    consts: dict[tuple[Any, ...], str] = field(default_factory=dict)
+
+    def fresh(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}__{self.count}"
+
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int = 1, **attrs: Any) -> Any:
+        outs = [self.fresh(hint or op_type.lower()) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=outs[0], **attrs))
+        return outs[0] if outputs == 1 else outs
+
+    def named(self, op_type: str, inputs: list[str], output: str, **attrs: Any) -> str:
+        self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
+        return output
+
+    def init(self, name: str, array: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.asarray(array, order="C"), name))
+        return name
+
+    def const(self, value: Any, dtype: Any = np.float32) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self.consts:
+            self.consts[key] = self.init(self.fresh("const"), arr)
+        return self.consts[key]
+
+    def scalar_f(self, int_tensor: str) -> str:
+        return self.op("Cast", [int_tensor], to=TensorProto.FLOAT)
+
+    def dim(self, x: str, axis: int) -> str:
+        """Dimension ``axis`` of x as an int64 scalar-like [1] tensor."""
+        shape = self.op("Shape", [x])
+        return self.op("Gather", [shape, self.const([axis], np.int64)], axis=0)
+
+
+@dataclass
+class Weights:
+    """Arrays the graphs are built from (no torch needed here)."""
+
+    convs: dict[str, tuple[np.ndarray, np.ndarray]]
+    prep_m: np.ndarray
+    prep_b: np.ndarray
+
+
+def weight_defaults(spec: LossSpec) -> dict[str, float]:
+    lw = spec.layer_weights()
+    w = {"content_weight": spec.content_weight, "style_weight": spec.style_weight, "tv_weight": spec.tv_weight}
+    w.update({f"content_weight_{n}": float(v) for n, v in lw["content"].items()})
+    w.update({f"style_weight_{n}": float(v) for n, v in lw["style"].items()})
+    return w
+
+
+def _forward(b: _Builder, spec: LossSpec, weights: Weights, image: str) -> dict[str, str]:
+    """Preprocessing and VGG19 up to the deepest tap; returns layer name → tensor ('prep' too)."""
+    t = b.op("Conv", [image, b.init("prep_w", weights.prep_m[:, :, None, None]), b.init("prep_b", weights.prep_b)], "prep")
+    out = {"prep": t}
+    for name, kind, _, _ in LAYERS[: LAYER_INDEX[spec.deepest] + 1]:
+        if kind == "conv":
+            w, bias = weights.convs[name]
+            t = b.op("Conv", [t, b.init(f"{name}_w", w), b.init(f"{name}_b", bias)], name, pads=[1, 1, 1, 1])
+        elif kind == "relu":
+            t = b.op("Relu", [t], name)
+        elif spec.pooling == "max":
+            t = b.op("MaxPool", [t], name, kernel_shape=[2, 2], strides=[2, 2])
+        else:
+            t = b.op("AveragePool", [t], name, kernel_shape=[2, 2], strides=[2, 2])
+        out[name] = t
+    return out
+
+
+def _gram(b: _Builder, spec: LossSpec, f: str, name: str) -> tuple[str, str, str]:
+    """(gram, reshaped features [C, HW], 1/denominator) for feature map f of layer ``name``."""
+    c = LAYER_CHANNELS[name]
+    m = b.op("Reshape", [f, b.const([c, -1], np.int64)], f"{name}_flat")
+    hw = b.op("Mul", [b.dim(f, 2), b.dim(f, 3)])
+    denom = b.scalar_f(hw)
+    if spec.gram_norm == "chw":
+        denom = b.op("Mul", [denom, b.const(float(c))])
+    inv = b.op("Reciprocal", [denom])
+    g = b.op("Mul", [b.op("MatMul", [m, b.op("Transpose", [m], perm=[1, 0])]), inv], f"{name}_gram")
+    return g, m, inv
+
+
+def _value_info(name: str, shape: list[Any]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _io_shapes(spec: LossSpec) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    content = {f"content_{n}": [1, LAYER_CHANNELS[n], *_dims(n)] for n in spec.content_layers}
+    style = {f"gram_{n}": [LAYER_CHANNELS[n], LAYER_CHANNELS[n]] for n in spec.style_layers}
+    return content, style
+
+
+def build_features(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
+    """image [1,3,H,W] RGB [0,1] → content feature maps and style Gram matrices."""
+    b = _Builder()
+    taps = _forward(b, spec, weights, IMAGE)
+    content, style = _io_shapes(spec)
+    for n in spec.content_layers:
+        b.named("Identity", [taps[n]], f"content_{n}")
+    for n in spec.style_layers:
+        g, _, _ = _gram(b, spec, taps[n], n)
+        b.named("Identity", [g], f"gram_{n}")
+    graph = helper.make_graph(
+        b.nodes,
+        "onnxstyle_features",
+        [_value_info(IMAGE, [1, 3, "H", "W"])],
+        [_value_info(k, v) for k, v in {**content, **style}.items()],
+        b.inits,
+    )
+    return _model(graph)
+
+
+def _maxpool_backward(b: _Builder, x: str, y: str, gy: str, c: int) -> str:
+    """Route gy to the first maximum of each 2×2 window of x, as torch does on ties."""
+    h2 = b.op("Mul", [b.dim(y, 2), b.const([2], np.int64)])
+    w2 = b.op("Mul", [b.dim(y, 3), b.const([2], np.int64)])
+    ends = b.op("Concat", [h2, w2], axis=0)
+    # Floor-mode pooling ignores an odd last row/column; crop it, pad its zero gradient back.
+    xe = b.op("Slice", [x, b.const([0, 0], np.int64), ends, b.const([2, 3], np.int64)])
+    s = b.op("SpaceToDepth", [xe], blocksize=2)  # channel (dy*2+dx)*C + c: window order
+    zero = b.const(0.0)
+    taken = None
+    parts = []
+    for k in range(4):
+        sk = b.op("Slice", [s, b.const([k * c], np.int64), b.const([(k + 1) * c], np.int64), b.const([1], np.int64)])
+        eq = b.op("Equal", [sk, y])
+        mk = eq if taken is None else b.op("And", [eq, b.op("Not", [taken])])
+        taken = eq if taken is None else b.op("Or", [taken, eq])
+        parts.append(b.op("Where", [mk, gy, zero]))
+    gs = b.op("Concat", parts, axis=1)
+    ge = b.op("DepthToSpace", [gs], blocksize=2, mode="DCR")
+    return _pad_to(b, ge, x)
+
+
+def _avgpool_backward(b: _Builder, x: str, gy: str) -> str:
+    up = b.op("Resize", [gy, "", b.const([1.0, 1.0, 2.0, 2.0])], mode="nearest")
+    return _pad_to(b, b.op("Mul", [up, b.const(0.25)]), x)
+
+
+def _pad_to(b: _Builder, g: str, like: str) -> str:
+    diff = b.op("Sub", [b.op("Shape", [like]), b.op("Shape", [g])])
+    pads = b.op("Concat", [b.const([0, 0, 0, 0], np.int64), diff], axis=0)
+    return b.op("Pad", [g, pads], mode="constant")
+
+
+def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
+    """(image, targets, weights) → loss, grad = ∂loss/∂image, and each weighted term."""
+    b = _Builder()
+    content, style = _io_shapes(spec)
+    defaults = weight_defaults(spec)
+    weight_inputs = []
+    for k, v in defaults.items():
+        # An initializer that is also a graph input: fed when given, default otherwise,
+        # so a weight changes without a re-export.
+        b.init(k, np.array(v, np.float32))
+        weight_inputs.append(_value_info(k, []))
+    taps = _forward(b, spec, weights, IMAGE)
+
+    tap_grads: dict[str, list[str]] = {}
+    terms: dict[str, str] = {}
+    for n in spec.content_layers:
+        p = f"content_{n}"
+        f = taps[n]
+        d = b.op("Sub", [f, p], f"{n}_cdiff")
+        numel = b.scalar_f(b.op("Size", [f]))
+        scale = b.op("Div", [b.op("Mul", ["content_weight", f"content_weight_{n}"]), numel])
+        if spec.relative:
+            energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [p, p])], keepdims=0), b.const(EPS)])
+            scale = b.op("Div", [scale, energy])
+        sq = b.op("ReduceSum", [b.op("Mul", [d, d])], keepdims=0)
+        terms[f"loss_content_{n}"] = b.op("Mul", [sq, scale])
+        tap_grads.setdefault(n, []).append(b.op("Mul", [d, b.op("Mul", [scale, b.const(2.0)])]))
+    for n in spec.style_layers:
+        a = f"gram_{n}"
+        c = LAYER_CHANNELS[n]
+        f = taps[n]
+        g, m, inv = _gram(b, spec, f, n)
+        e = b.op("Sub", [g, a], f"{n}_sdiff")
+        scale = b.op("Mul", [b.op("Mul", ["style_weight", f"style_weight_{n}"]), b.const(1.0 / (c * c))])
+        if spec.relative:
+            energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [a, a])], keepdims=0), b.const(EPS)])
+            scale = b.op("Div", [scale, energy])
+        terms[f"loss_style_{n}"] = b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [e, e])], keepdims=0), scale])
+        # dL/dG = 2·scale·E; G = M Mᵀ·inv  ⇒  dL/dM = (dG + dGᵀ) M · inv.
+        dg = b.op("Mul", [e, b.op("Mul", [scale, b.const(2.0)])])
+        sym = b.op("Add", [dg, b.op("Transpose", [dg], perm=[1, 0])])
+        dm = b.op("Mul", [b.op("MatMul", [sym, m]), inv])
+        tap_grads.setdefault(n, []).append(b.op("Reshape", [dm, b.op("Shape", [f])], f"{n}_gflat"))
+
+    # Backward through the network, deepest layer first.
+    names = [name for name, *_ in LAYERS[: LAYER_INDEX[spec.deepest] + 1]]
+    grad: str | None = None
+    for i in range(len(names) - 1, -1, -1):
+        name = names[i]
+        for tg in tap_grads.get(name, []):
+            grad = tg if grad is None else b.op("Add", [grad, tg])
+        assert grad is not None, "the deepest layer is always tapped"
+        below = taps[names[i - 1]] if i > 0 else taps["prep"]
+        if name.startswith("conv"):
+            w, _ = weights.convs[name]
+            # Input gradient of a stride-1, pad-1 conv = conv with the kernel flipped and
+            # in/out swapped; a plain Conv keeps onnxruntime's fastest kernels.
+            wt = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+            grad = b.op("Conv", [grad, b.init(f"{name}_wT", wt)], f"{name}_bwd", pads=[1, 1, 1, 1])
+        elif name.startswith("relu"):
+            grad = b.op("Where", [b.op("Greater", [taps[name], b.const(0.0)]), grad, b.const(0.0)], f"{name}_bwd")
+        elif spec.pooling == "max":
+            grad = _maxpool_backward(b, below, taps[name], grad, LAYER_CHANNELS[name])
+        else:
+            grad = _avgpool_backward(b, below, grad)
+    assert grad is not None
+    # Through the preprocessing (a per-pixel affine map M): grad_x = Mᵀ grad.
+    mt = np.ascontiguousarray(weights.prep_m.T[:, :, None, None])
+    grad_img = b.op("Conv", [grad, b.init("prep_wT", mt)], "prep_bwd")
+
+    # Total variation: mean squared neighbour differences, vertical plus horizontal.
+    dx = b.op("Sub", [_slice(b, IMAGE, 2, 1, None), _slice(b, IMAGE, 2, 0, -1)])
+    dy = b.op("Sub", [_slice(b, IMAGE, 3, 1, None), _slice(b, IMAGE, 3, 0, -1)])
+    nx = b.scalar_f(b.op("Size", [dx]))
+    ny = b.scalar_f(b.op("Size", [dy]))
+    sx = b.op("Div", ["tv_weight", nx])
+    sy = b.op("Div", ["tv_weight", ny])
+    terms["loss_tv"] = b.op(
+        "Add",
+        [
+            b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [dx, dx])], keepdims=0), sx]),
+            b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [dy, dy])], keepdims=0), sy]),
+        ],
+    )
+    gx = b.op("Mul", [dx, b.op("Mul", [sx, b.const(2.0)])])
+    gy = b.op("Mul", [dy, b.op("Mul", [sy, b.const(2.0)])])
+    # d/dx_i Σ(x_{i+1}-x_i)² = 2(x_i - x_{i-1}) - 2(x_{i+1} - x_i): the difference shifted both ways.
+    tvg = b.op(
+        "Add",
+        [
+            b.op("Sub", [_pad(b, gx, 2, 1, 0), _pad(b, gx, 2, 0, 1)]),
+            b.op("Sub", [_pad(b, gy, 3, 1, 0), _pad(b, gy, 3, 0, 1)]),
+        ],
+    )
+    b.named("Add", [grad_img, tvg], "grad")
+
+    total = None
+    for k, t in terms.items():
+        b.named("Identity", [t], k)
+        total = t if total is None else b.op("Add", [total, t])
+    b.named("Identity", [total], "loss")
+
+    inputs = [_value_info(IMAGE, [1, 3, "H", "W"])]
+    inputs += [_value_info(k, v) for k, v in {**content, **style}.items()]
+    inputs += weight_inputs
+    outputs = [_value_info("loss", []), _value_info("grad", [1, 3, "H", "W"])]
+    outputs += [_value_info(k, []) for k in terms]
+    graph = helper.make_graph(b.nodes, "onnxstyle_loss_grad", inputs, outputs, b.inits)
+    return _model(graph)
+
+
+def _slice(b: _Builder, x: str, axis: int, start: int, end: int | None) -> str:
+    e = np.iinfo(np.int64).max if end is None else end
+    return b.op("Slice", [x, b.const([start], np.int64), b.const([e], np.int64), b.const([axis], np.int64)])
+
+
+def _pad(b: _Builder, x: str, axis: int, before: int, after: int) -> str:
+    pads = [0] * 8
+    pads[axis], pads[4 + axis] = before, after
+    return b.op("Pad", [x, b.const(pads, np.int64)], mode="constant")
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxstyle")
+    # IR 8 is read by onnxruntime ≥ 1.14 and TensorRT 8.6+; newer IRs buy nothing here.
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

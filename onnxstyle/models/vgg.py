@@ -1,0 +1,124 @@
+"""VGG19 in torch with canonical layer names, cut after the deepest layer in use.
+
+This is the reference the exported graphs are validated against: torch autograd of
+:func:`reference_loss` is the gradient our hand-built adjoint graph must reproduce.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..spec import LAYER_INDEX, LAYERS, LossSpec
+from .weights import VGGWeights
+
+
+class VGG19(nn.Module):
+    """VGG19 feature layers up to ``last`` (inclusive), taking RGB [0,1] NCHW input."""
+
+    def __init__(self, weights: VGGWeights, last: str = "pool5", pooling: str = "max") -> None:
+        super().__init__()
+        m, b = weights.preprocessing.affine()
+        self.register_buffer("prep_m", torch.from_numpy(m))
+        self.register_buffer("prep_b", torch.from_numpy(b))
+        self.pooling = pooling
+        self.names = [name for name, *_ in LAYERS[: LAYER_INDEX[last] + 1]]
+        self.convs = nn.ModuleDict()
+        for name, kind, cin, cout in LAYERS[: LAYER_INDEX[last] + 1]:
+            if kind == "conv":
+                conv = nn.Conv2d(cin, cout, 3, padding=1)
+                w, bias = weights.convs[name]
+                conv.weight.data.copy_(torch.from_numpy(w))
+                conv.bias.data.copy_(torch.from_numpy(bias))
+                conv.requires_grad_(False)
+                self.convs[name] = conv
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ij,njhw->nihw", self.prep_m, x) + self.prep_b.view(1, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor, taps: Iterable[str]) -> dict[str, torch.Tensor]:
+        taps = set(taps)
+        out: dict[str, torch.Tensor] = {}
+        h = self.preprocess(x)
+        for name in self.names:
+            if name.startswith("conv"):
+                h = self.convs[name](h)
+            elif name.startswith("relu"):
+                h = F.relu(h)
+            elif self.pooling == "max":
+                h = F.max_pool2d(h, 2, 2)
+            else:
+                h = F.avg_pool2d(h, 2, 2)
+            if name in taps:
+                out[name] = h
+        return out
+
+
+def gram(f: torch.Tensor, norm: str) -> torch.Tensor:
+    """Gram matrix of a [1,C,H,W] feature map, normalized as the spec says."""
+    _, c, h, w = f.shape
+    m = f.reshape(c, h * w)
+    g = m @ m.t()
+    return g / (h * w) if norm == "hw" else g / (c * h * w)
+
+
+def reference_features(model: VGG19, spec: LossSpec, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    taps = model(image, (*spec.content_layers, *spec.style_layers))
+    out = {f"content_{n}": taps[n] for n in spec.content_layers}
+    out.update({f"gram_{n}": gram(taps[n], spec.gram_norm) for n in spec.style_layers})
+    return out
+
+
+def reference_loss(
+    model: VGG19,
+    spec: LossSpec,
+    image: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    weights: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The loss of README's equations, written directly in torch; returns (total, terms)."""
+    w = default_weights(spec)
+    w.update(weights or {})
+    taps = model(image, (*spec.content_layers, *spec.style_layers))
+    terms: dict[str, torch.Tensor] = {}
+    for n in spec.content_layers:
+        p = targets[f"content_{n}"]
+        err = F.mse_loss(taps[n], p, reduction="mean")
+        if spec.relative:
+            err = err / (p.pow(2).mean() + 1e-8)
+        terms[f"loss_content_{n}"] = w["content_weight"] * w[f"content_weight_{n}"] * err
+    for n in spec.style_layers:
+        a = targets[f"gram_{n}"]
+        err = F.mse_loss(gram(taps[n], spec.gram_norm), a, reduction="mean")
+        if spec.relative:
+            err = err / (a.pow(2).mean() + 1e-8)
+        terms[f"loss_style_{n}"] = w["style_weight"] * w[f"style_weight_{n}"] * err
+    dx = image[:, :, 1:, :] - image[:, :, :-1, :]
+    dy = image[:, :, :, 1:] - image[:, :, :, :-1]
+    terms["loss_tv"] = w["tv_weight"] * (dx.pow(2).mean() + dy.pow(2).mean())
+    total = torch.stack(list(terms.values())).sum()
+    return total, terms
+
+
+def default_weights(spec: LossSpec) -> dict[str, float]:
+    lw = spec.layer_weights()
+    w = {"content_weight": spec.content_weight, "style_weight": spec.style_weight, "tv_weight": spec.tv_weight}
+    w.update({f"content_weight_{n}": v for n, v in lw["content"].items()})
+    w.update({f"style_weight_{n}": v for n, v in lw["style"].items()})
+    return w
+
+
+def reference_loss_and_grad(
+    model: VGG19,
+    spec: LossSpec,
+    image: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    weights: dict[str, float] | None = None,
+) -> tuple[float, torch.Tensor, dict[str, float]]:
+    x = image.detach().clone().requires_grad_(True)
+    total, terms = reference_loss(model, spec, x, targets, weights)
+    (g,) = torch.autograd.grad(total, x)
+    return float(total.detach()), g, {k: float(v.detach()) for k, v in terms.items()}

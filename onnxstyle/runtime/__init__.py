@@ -1,0 +1,1 @@
+"""Torch-free runtime: sessions and providers, optimizer loop, image I/O, colour."""

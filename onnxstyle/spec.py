@@ -1,0 +1,168 @@
+"""What an export computes, as plain data (no torch, no onnx).
+
+The export side builds graphs from a :class:`LossSpec`; the runtime reads the same
+spec back from the manifest. Keeping it torch-free lets ``stylize`` compute the
+export-cache key and check a models folder without importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+# Bump when the graphs' inputs/outputs or their meaning change; the runtime refuses
+# folders of another version instead of mis-feeding them.
+FORMAT_VERSION = 1
+
+# VGG19 "E" configuration: convolutions per block and their channel widths.
+VGG19_BLOCKS: tuple[int, ...] = (2, 2, 4, 4, 4)
+VGG19_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)
+
+
+def _layer_table() -> list[tuple[str, str, int, int]]:
+    """(name, kind, in_channels, out_channels) for every VGG19 feature layer, in order."""
+    table: list[tuple[str, str, int, int]] = []
+    cin = 3
+    for b, (n, c) in enumerate(zip(VGG19_BLOCKS, VGG19_CHANNELS), start=1):
+        for i in range(1, n + 1):
+            table.append((f"conv{b}_{i}", "conv", cin, c))
+            table.append((f"relu{b}_{i}", "relu", c, c))
+            cin = c
+        table.append((f"pool{b}", "pool", c, c))
+    return table
+
+
+LAYERS: list[tuple[str, str, int, int]] = _layer_table()
+LAYER_NAMES: tuple[str, ...] = tuple(name for name, *_ in LAYERS)
+LAYER_INDEX: dict[str, int] = {name: i for i, name in enumerate(LAYER_NAMES)}
+LAYER_CHANNELS: dict[str, int] = {name: cout for name, _, _, cout in LAYERS}
+CONV_NAMES: tuple[str, ...] = tuple(name for name, kind, *_ in LAYERS if kind == "conv")
+
+
+def layer_stride(name: str) -> int:
+    """Downsampling factor of a layer's output relative to the image."""
+    return 2 ** sum(1 for n in LAYER_NAMES[: LAYER_INDEX[name] + 1] if n.startswith("pool"))
+
+
+Pooling = Literal["max", "avg"]
+GramNorm = Literal["hw", "chw"]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The loss an export computes. Defaults are the ``gatys`` preset."""
+
+    # Gatys et al. 2016: content at relu4_2, style at the first ReLU of every block.
+    content_layers: tuple[str, ...] = ("relu4_2",)
+    style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+    # Gatys used max pooling in the released code; avg is offered as in the paper's figures.
+    pooling: Pooling = "max"
+    # Gram = F Fᵀ / (H·W): an average over positions, so its size does not depend on
+    # the image size and one style weight serves 256 px and 1024 px alike.
+    gram_norm: GramNorm = "hw"
+    # Divide each layer's squared error by the mean square of its target. The terms
+    # become relative errors, independent of the weights' activation scale (Caffe's
+    # 0-255 inputs give activations ~50x those of torchvision's normalized inputs)
+    # and of the layer's depth, so default weights carry across weight sources.
+    relative: bool = True
+    # Default weights (graph inputs with these values as overridable defaults).
+    content_weight: float = 1.0
+    style_weight: float = 1e3
+    tv_weight: float = 0.0
+    # Per-layer weights multiply each layer's term; unlisted layers default to 1/n
+    # for style (an average over layers) and 1 for content.
+    content_layer_weights: tuple[float, ...] = ()
+    style_layer_weights: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in (*self.content_layers, *self.style_layers):
+            if name not in LAYER_INDEX:
+                raise ValueError(f"unknown VGG19 layer {name!r}; expected one of conv1_1 … pool5")
+        if not self.content_layers and not self.style_layers:
+            raise ValueError("at least one content or style layer is needed")
+        if len(set(self.content_layers)) != len(self.content_layers) or len(set(self.style_layers)) != len(
+            self.style_layers
+        ):
+            raise ValueError("a layer is listed twice")
+        if self.pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', not {self.pooling!r}")
+        if self.gram_norm not in ("hw", "chw"):
+            raise ValueError(f"gram_norm must be 'hw' or 'chw', not {self.gram_norm!r}")
+        if self.content_layer_weights and len(self.content_layer_weights) != len(self.content_layers):
+            raise ValueError("content_layer_weights must match content_layers")
+        if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
+            raise ValueError("style_layer_weights must match style_layers")
+
+    @property
+    def deepest(self) -> str:
+        return max((*self.content_layers, *self.style_layers), key=LAYER_INDEX.__getitem__)
+
+    def layer_weights(self) -> dict[str, dict[str, float]]:
+        c = self.content_layer_weights or tuple(1.0 for _ in self.content_layers)
+        n = max(len(self.style_layers), 1)
+        s = self.style_layer_weights or tuple(1.0 / n for _ in self.style_layers)
+        return {"content": dict(zip(self.content_layers, c)), "style": dict(zip(self.style_layers, s))}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LossSpec":
+        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
+        for k in ("content_layers", "style_layers", "content_layer_weights", "style_layer_weights"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+    def replace(self, **changes: Any) -> "LossSpec":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, LossSpec] = {
+    "gatys": LossSpec(),
+    # The PyTorch neural-style tutorial: conv outputs *before* ReLU, Gram / (C·H·W),
+    # mean squared errors summed over layers, content 1 and style 1e6.
+    "tutorial": LossSpec(
+        content_layers=("conv2_2",),
+        style_layers=("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"),
+        gram_norm="chw",
+        relative=False,
+        content_weight=1.0,
+        style_weight=1e6,
+        tv_weight=0.0,
+        style_layer_weights=(1.0, 1.0, 1.0, 1.0, 1.0),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """Everything that determines an export's graphs; its hash names the cache folder."""
+
+    spec: LossSpec = field(default_factory=LossSpec)
+    preset: str = "gatys"
+    # "caffe", "torchvision" or a file path; for a file, its sha256 is part of the key.
+    weights: str = "caffe"
+    weights_sha256: str | None = None
+
+    def key(self) -> str:
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "spec": self.spec.to_dict(),
+            "preset": self.preset,
+            "weights": self.weights if self.weights in ("caffe", "torchvision") else "file",
+            "weights_sha256": self.weights_sha256,
+        }
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return f"{self.preset}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
