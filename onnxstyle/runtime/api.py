@@ -1,0 +1,194 @@
+"""Python API: ``stylize(content, styles, **settings)`` and a warm ``Stylizer``."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelsError
+from ..spec import PRESETS, ExportSettings
+from .engine import Engine
+from .image_io import resize_longest, resize_to, to_nchw
+from .manifest import default_export_dir, export_command
+from .optimize import Iterate, Result, adam, lbfgs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every stylization setting; the CLI's defaults are read from here."""
+
+    # Longest side of the output. 512 px is what Gatys et al. and neural-style showcase;
+    # the cost per evaluation grows with the pixel count.
+    size: int = 512
+    # Gradient evaluations (the unit of cost). L-BFGS reaches a converged-looking image in
+    # 300-500 at 512 px; more refines texture only slightly.
+    iterations: int = 300
+    # None: the export's default (gatys: content 1, style 1e3, TV 0). The gatys losses are
+    # relative errors, so these balance the same way at every size and for both weights.
+    content_weight: float | None = None
+    style_weight: float | None = None
+    tv_weight: float | None = None
+    # Several styles: their Gram targets are averaged with these weights (normalized to sum 1).
+    style_blend: tuple[float, ...] | None = None
+    # Style images are resized to size × style_scale (longest side) before their Grams are
+    # taken: larger scales give larger brush strokes.
+    style_scale: float = 1.0
+    # content: fastest to converge and keeps the scene; noise is Gatys' original choice.
+    init: str = "content"
+    # Fixed by default so that the same command gives the same pixels on the same machine.
+    seed: int = 0
+    optimizer: str = "lbfgs"
+    # L-BFGS memory; 20 pairs reach the same loss as 100 here (benchmarks/optimizer.py) at a
+    # fifth of the memory (each pair is 2 float64 images: 24 MB at 1024 px).
+    lbfgs_history: int = 20
+    # Adam step in [0,1] pixel units (0.02 ≈ 5/255 per step at first).
+    adam_lr: float = 0.02
+    device: str = "auto"
+    # Export settings used to find (or make) the graphs in the cache.
+    preset: str = "gatys"
+    pooling: str = "max"
+    weights: str = "caffe"
+    # TensorRT only: half-precision engines (about 2× faster on tensor cores).
+    fp16: bool = False
+    # None: one thread per physical core.
+    threads: int | None = None
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def export_settings(self) -> ExportSettings:
+        if self.preset not in PRESETS:
+            raise ModelsError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        spec = PRESETS[self.preset].replace(pooling=self.pooling)
+        return ExportSettings(spec, self.preset, self.weights)
+
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def resolve_models(
+    settings: Settings, models: Path | None = None, log: Callable[[str], None] | None = None
+) -> tuple[Path, str]:
+    """(models folder, command that re-creates it). Exports into the cache once if torch is here."""
+    es = settings.export_settings()
+    fix = export_command(es)
+    if models is not None:
+        return Path(models), f"{fix} --out {models}"
+    folder = default_export_dir(es)
+    if (folder / "manifest.json").is_file():
+        return folder, fix
+    if not torch_available():
+        raise ModelsError(
+            f"no exported graphs in {folder} and torch is not installed to make them: "
+            f"run `{fix}` on a machine with pip install 'onnxstyle[export]', then copy the folder "
+            f"there (or pass --models DIR)"
+        )
+    from ..export.exporter import export  # torch only on this path
+
+    if log:
+        log(f"no export for preset {es.preset} yet: exporting once to {folder}")
+    export(es, folder, log=log, overwrite=False)
+    return folder, fix
+
+
+def blend_weights(n: int, blend: Sequence[float] | None) -> np.ndarray:
+    if blend is None:
+        return np.full(n, 1.0 / n)
+    w = np.asarray(blend, np.float64)
+    if len(w) != n:
+        raise ValueError(f"--style-blend has {len(w)} weights for {n} style images")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError("--style-blend weights must be non-negative and not all zero")
+    return w / w.sum()
+
+
+class Stylizer:
+    """Keeps the onnxruntime sessions of one export warm across many images."""
+
+    def __init__(self, settings: Settings | None = None, models: Path | None = None, log: Callable[[str], None] | None = None) -> None:
+        self.settings = settings or Settings()
+        folder, fix = resolve_models(self.settings, models, log)
+        self.engine = Engine(folder, self.settings.device, self.settings.threads, self.settings.fp16, fix)
+
+    def targets(
+        self, content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings
+    ) -> dict[str, np.ndarray]:
+        """Content features of ``content`` and the blended Gram matrices of ``styles``."""
+        ct = self.engine.features(to_nchw(content))
+        targets = {k: v for k, v in ct.items() if k.startswith("content_")}
+        w = blend_weights(len(styles), settings.style_blend)
+        side = max(32, round(settings.size * settings.style_scale))
+        for wi, style in zip(w, styles):
+            st = self.engine.features(to_nchw(resize_longest(style, side)))
+            for k, v in st.items():
+                if k.startswith("gram_"):
+                    targets[k] = targets.get(k, 0) + wi * v
+        return {k: np.ascontiguousarray(v, np.float32) for k, v in targets.items()}
+
+    def initial(self, content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings, init_image: np.ndarray | None) -> np.ndarray:
+        h, w = content.shape[:2]
+        if settings.init == "content":
+            return to_nchw(content)
+        if settings.init == "style":
+            return to_nchw(resize_to(styles[0], h, w))
+        if settings.init == "noise":
+            rng = np.random.default_rng(settings.seed)
+            return rng.uniform(0.0, 1.0, (1, 3, h, w)).astype(np.float32)
+        if init_image is None:
+            raise ValueError(f"--init {settings.init}: expected content, style, noise or an image path")
+        return to_nchw(resize_to(init_image, h, w))
+
+    def run(
+        self,
+        content: np.ndarray,
+        styles: Sequence[np.ndarray],
+        settings: Settings | None = None,
+        callback: Callable[[Iterate], None] | None = None,
+        init_image: np.ndarray | None = None,
+        objective_hook: Callable[[np.ndarray, float, np.ndarray], tuple[float, np.ndarray]] | None = None,
+    ) -> Result:
+        """Optimize an image; content/styles are RGB float32 HxWx3 in [0,1], any size."""
+        s = settings or self.settings
+        if not styles:
+            raise ValueError("at least one style image is needed")
+        content = resize_longest(content, s.size)
+        targets = self.targets(content, styles, s)
+        weights = {
+            k: v
+            for k, v in (("content_weight", s.content_weight), ("style_weight", s.style_weight), ("tv_weight", s.tv_weight))
+            if v is not None
+        }
+        x0 = self.initial(content, styles, s, init_image)
+
+        def objective(x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
+            r = self.engine.loss_grad(x, targets, weights)
+            loss, grad = r.loss, r.grad
+            if objective_hook is not None:  # tests inject faults here
+                loss, grad = objective_hook(x, loss, grad)
+            return loss, grad, r.terms
+
+        if s.optimizer == "lbfgs":
+            return lbfgs(objective, x0, s.iterations, history=s.lbfgs_history, callback=callback)
+        if s.optimizer == "adam":
+            return adam(objective, x0, s.iterations, lr=s.adam_lr, callback=callback)
+        raise ValueError(f"unknown optimizer {s.optimizer!r}; choose lbfgs or adam")
+
+
+def stylize(content: np.ndarray, styles: np.ndarray | Sequence[np.ndarray], models: Path | None = None, **settings: Any) -> np.ndarray:
+    """Stylize ``content`` (RGB float32 HxWx3 in [0,1]) with one or more style images.
+
+    Keyword arguments are :class:`Settings` fields. Returns the stylized RGB image,
+    float32 in [0,1], with the longest side ``size``.
+    """
+    if isinstance(styles, np.ndarray) and styles.ndim == 3:
+        styles = [styles]
+    s = Settings().replace(**settings)
+    result = Stylizer(s, models).run(content, list(styles), s)
+    return np.ascontiguousarray(result.image[0].transpose(1, 2, 0))

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Never touch the user's cache; every test sees the same session-wide cache folder.
+    monkeypatch.setenv("ONNXSTYLE_CACHE", str(_session_cache(tmp_path_factory)))
+
+
+_CACHE: list[Path] = []
+
+
+def _session_cache(factory: pytest.TempPathFactory) -> Path:
+    if not _CACHE:
+        _CACHE.append(factory.mktemp("cache"))
+    return _CACHE[0]
+
+
+@pytest.fixture(scope="session")
+def caffe_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default (gatys, caffe, max pooling) export, validated, shared by the session."""
+    from onnxstyle.export.exporter import export
+    from onnxstyle.spec import ExportSettings
+
+    folder = tmp_path_factory.mktemp("exports") / "gatys"
+    export(ExportSettings(), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def caffe_weights():  # type: ignore[no-untyped-def]
+    from onnxstyle.models.weights import load_caffe
+
+    return load_caffe()
+
+
+def read_rgb(name: str) -> np.ndarray:
+    from onnxstyle.runtime.image_io import load_image
+
+    return load_image(DATA / name)[0]
+
+
+@pytest.fixture(scope="session")
+def tubingen() -> np.ndarray:
+    return read_rgb("tubingen.png")
+
+
+@pytest.fixture(scope="session")
+def starry() -> np.ndarray:
+    return read_rgb("starry_night.png")
+
+
+@pytest.fixture(scope="session")
+def scream() -> np.ndarray:
+    return read_rgb("the_scream.png")
+
+
+def cli_env(cache: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["COLUMNS"] = "200"
+    if cache is not None:
+        env["ONNXSTYLE_CACHE"] = str(cache)
+    return env
