@@ -28,8 +28,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEFAULTS = Settings()
 SPEC = LossSpec()
@@ -371,5 +371,39 @@ def main(
         out.print(ctx.get_help())
 
 
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    # typer ≥ 0.20 vendors click (its errors derive from TyperException); older typer
+    # raises click's own. Either way: an error with an exit code and a one-line message.
+    types: list[type[BaseException]] = []
+    if hasattr(typer, "TyperException"):
+        types.append(typer.TyperException)
+    try:
+        import click
+
+        types.append(click.ClickException)
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def main() -> None:
+    """Console entry point: usage errors as one line (typer would draw a multi-line panel)."""
+    try:
+        rc = app(standalone_mode=False)
+    except _usage_error_types() as e:
+        code = getattr(e, "exit_code", EXIT_USAGE)
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see: {ctx.command_path} --help)" if ctx is not None and code == EXIT_USAGE else ""
+        msg = e.format_message() if hasattr(e, "format_message") else str(e)
+        err.print(f"[bold red]error:[/] {msg}{hint}", soft_wrap=True)
+        sys.exit(code)
+    except typer.Exit as e:
+        sys.exit(getattr(e, "exit_code", 0))
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

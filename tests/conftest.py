@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-DATA = Path(__file__).parent / "data"
+from helpers import DATA
 
 
 @pytest.fixture(autouse=True)
@@ -61,11 +60,3 @@ def starry() -> np.ndarray:
 @pytest.fixture(scope="session")
 def scream() -> np.ndarray:
     return read_rgb("the_scream.png")
-
-
-def cli_env(cache: Path | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env["COLUMNS"] = "200"
-    if cache is not None:
-        env["ONNXSTYLE_CACHE"] = str(cache)
-    return env

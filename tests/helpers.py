@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 from onnxstyle.models.weights import TORCHVISION_CONV_INDEX
 from onnxstyle.spec import LAYERS
+
+DATA = Path(__file__).parent / "data"
+
+
+def cli_env(cache: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["COLUMNS"] = "200"
+    if cache is not None:
+        env["ONNXSTYLE_CACHE"] = str(cache)
+    return env
 
 
 def random_torchvision_state(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -155,7 +155,8 @@ def test_dynamic_shapes_any_size_from_32(caffe_export: Path) -> None:
 def test_weights_are_overridable_inputs(caffe_export: Path) -> None:
     content, style, image = photo(40, 48, 0), photo(48, 40, 1), photo(40, 48, 2)
     _, base = run_both(caffe_export, content, style, image)
-    _, more = run_both(caffe_export, content, style, image, {"style_weight": 2e3, "content_weight": 0.0, "tv_weight": 3.0})
+    sw = 2 * LossSpec().style_weight
+    _, more = run_both(caffe_export, content, style, image, {"style_weight": sw, "content_weight": 0.0, "tv_weight": 3.0})
     assert float(more["loss_content_relu4_2"]) == 0.0
     for n in ("relu1_1", "relu3_1", "relu5_1"):
         assert float(more[f"loss_style_{n}"]) == pytest.approx(2 * float(base[f"loss_style_{n}"]), rel=1e-5)

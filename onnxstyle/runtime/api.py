@@ -29,7 +29,7 @@ class Settings:
     # Gradient evaluations (the unit of cost). L-BFGS reaches a converged-looking image in
     # 300-500 at 512 px; more refines texture only slightly.
     iterations: int = 300
-    # None: the export's default (gatys: content 1, style 1e3, TV 0). The gatys losses are
+    # None: the export's default (gatys: content 1, style 20, TV 0). The gatys losses are
     # relative errors, so these balance the same way at every size and for both weights.
     content_weight: float | None = None
     style_weight: float | None = None
@@ -70,7 +70,10 @@ class Settings:
 
 
 def torch_available() -> bool:
-    return importlib.util.find_spec("torch") is not None
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken or deliberately blocked torch
+        return False
 
 
 def resolve_models(

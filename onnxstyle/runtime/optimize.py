@@ -85,7 +85,11 @@ class _Tracker:
         return loss, grad
 
     def spiked(self, loss: float) -> bool:
-        return np.isfinite(self.best_loss) and loss > self.spike_factor * self.best_loss
+        # Above both factor × best and the starting loss: the run has been undone, not
+        # merely oscillating near a small minimum.
+        if not self.history or not np.isfinite(self.best_loss):
+            return False
+        return loss > max(self.spike_factor * self.best_loss, self.history[0])
 
     def result(self, x0: np.ndarray, interrupted: bool = False, error: str | None = None) -> Result:
         image = self.best if self.best is not None else x0.astype(np.float32)

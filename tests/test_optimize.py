@@ -1,0 +1,112 @@
+"""The optimizers on problems with known minima (no graphs needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxstyle.runtime.optimize import Iterate, adam, lbfgs
+
+
+def quadratic(target: np.ndarray, scale: np.ndarray):  # type: ignore[no-untyped-def]
+    def f(x: np.ndarray):  # type: ignore[no-untyped-def]
+        d = x - target
+        return float((scale * d * d).sum()), (2 * scale * d).astype(np.float32), {"loss_q": float((scale * d * d).sum())}
+
+    return f
+
+
+def test_lbfgs_reaches_the_bounded_minimum() -> None:
+    rng = np.random.default_rng(0)
+    # Part of the target lies outside [0,1]: the constrained minimum is the target clipped.
+    target = rng.uniform(-0.5, 1.5, (1, 3, 8, 9)).astype(np.float32)
+    scale = rng.uniform(0.1, 10, target.shape)  # ill-conditioned on purpose
+    steps: list[Iterate] = []
+    res = lbfgs(quadratic(target, scale), np.full(target.shape, 0.5, np.float32), 200, callback=steps.append)
+    np.testing.assert_allclose(res.image, np.clip(target, 0, 1), atol=1e-4)
+    assert res.image.min() >= 0 and res.image.max() <= 1
+    assert res.evaluations == len(steps) <= 200
+    assert [s.step for s in steps] == list(range(1, len(steps) + 1))
+    assert steps[-1].best_loss == pytest.approx(res.loss)
+
+
+def test_lbfgs_spends_exactly_the_budget_on_a_hard_problem() -> None:
+    # A Rosenbrock-like valley is not solved in 25 evaluations: the budget is the stop.
+    def f(x: np.ndarray):  # type: ignore[no-untyped-def]
+        a, b = x[..., :-1], x[..., 1:]
+        loss = float((100 * (b - a * a) ** 2 + (1 - a) ** 2).sum())
+        g = np.zeros_like(x, dtype=np.float64)
+        g[..., :-1] += -400 * a * (b - a * a) - 2 * (1 - a)
+        g[..., 1:] += 200 * (b - a * a)
+        return loss, g, {}
+
+    res = lbfgs(f, np.zeros((1, 3, 4, 6), np.float32), 25)
+    assert res.evaluations == 25
+
+
+def test_adam_moves_towards_the_minimum_in_pixel_units() -> None:
+    target = np.full((1, 3, 4, 4), 0.8, np.float32)
+    res = adam(quadratic(target, np.ones_like(target)), np.zeros_like(target), 1, lr=0.02)
+    assert res.evaluations == 1
+    res = adam(quadratic(target, np.ones_like(target)), np.zeros_like(target), 300, lr=0.02)
+    np.testing.assert_allclose(res.image, target, atol=0.02)
+
+
+def test_faults_roll_back_and_never_yield_nan() -> None:
+    rng = np.random.default_rng(1)
+    target = rng.uniform(0.1, 0.9, (1, 3, 6, 6)).astype(np.float32)
+    # Ill-conditioned, so neither optimizer is done before the faults arrive.
+    base = quadratic(target, rng.uniform(0.01, 10, target.shape))
+    calls = {"n": 0}
+
+    def flaky(x: np.ndarray):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        loss, g, t = base(x)
+        if calls["n"] in (4, 9):
+            g = g.copy()
+            g.flat[0] = np.nan
+        if calls["n"] == 12:
+            loss = float("inf")
+        return loss, g, t
+
+    for opt in (lbfgs, adam):
+        calls["n"] = 0
+        kwargs = {"lr": 0.05} if opt is adam else {}
+        res = opt(flaky, np.full(target.shape, 0.9, np.float32), 80, **kwargs)
+        assert res.faults == 3 and res.error is None
+        assert np.isfinite(res.image).all()
+        assert res.loss < base(np.full(target.shape, 0.9, np.float32))[0] / 10
+
+
+def test_repeated_faults_stop_with_a_message_and_keep_the_best() -> None:
+    rng = np.random.default_rng(2)
+    target = rng.uniform(0.1, 0.9, (1, 3, 6, 6)).astype(np.float32)
+    base = quadratic(target, rng.uniform(0.01, 10, target.shape))
+    calls = {"n": 0}
+
+    def broken(x: np.ndarray):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        loss, g, t = base(x)
+        return (loss if calls["n"] < 6 else float("nan")), g, t
+
+    res = lbfgs(broken, np.full(target.shape, 0.9, np.float32), 100, max_faults=3)
+    assert res.error is not None and "3 faults" in res.error
+    assert np.isfinite(res.image).all()
+    assert res.loss <= base(np.full(target.shape, 0.9, np.float32))[0]
+
+
+def test_adam_rolls_back_a_loss_spike() -> None:
+    target = np.full((1, 3, 4, 4), 0.3, np.float32)
+    base = quadratic(target, np.ones_like(target))
+    calls = {"n": 0}
+
+    def spiky(x: np.ndarray):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        loss, g, t = base(x)
+        if calls["n"] == 20:
+            return loss * 1e4, g * 1e4, t
+        return loss, g, t
+
+    res = adam(spiky, np.full(target.shape, 0.9, np.float32), 100, lr=0.02)
+    assert res.faults == 1
+    assert res.loss == min(res.history)
