@@ -15,6 +15,7 @@ from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from . import __version__
 from .errors import OnnxStyleError
@@ -28,7 +29,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 DEFAULTS = Settings()
@@ -61,7 +62,7 @@ class OptimizerName(str, Enum):
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -119,7 +120,7 @@ def export(
         spec = spec.replace(style_layers=_layers(style_layers), style_layer_weights=())
     settings = ExportSettings(spec, preset.value, weights)
     with err.status("exporting…"):
-        result = do_export(settings, out_dir, validate=validate, log=lambda s: err.print(f"  {s}"))
+        result = do_export(settings, out_dir, validate=validate, log=lambda s: err.print(f"  {escape(s)}"))
     for r in result.reports:
         out.print(f"validated {r.line()}")
     m = result.manifest
@@ -227,7 +228,7 @@ def stylize(
     inputs = [content, *styles] + ([init_path] if init_path else [])
     check_output_path(output, inputs)
 
-    say = (lambda s: None) if quiet else (lambda s: err.print(s))
+    say = (lambda s: None) if quiet else (lambda s: err.print(escape(s)))
     if demo:
         say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
     content_rgb, alpha = load_image(content)
@@ -395,7 +396,7 @@ def main() -> None:
         ctx = getattr(e, "ctx", None)
         hint = f" (see: {ctx.command_path} --help)" if ctx is not None and code == EXIT_USAGE else ""
         msg = e.format_message() if hasattr(e, "format_message") else str(e)
-        err.print(f"[bold red]error:[/] {msg}{hint}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(msg + hint)}", soft_wrap=True)
         sys.exit(code)
     except typer.Exit as e:
         sys.exit(getattr(e, "exit_code", 0))

@@ -85,4 +85,5 @@ main()
     assert r.returncode == 5
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "onnxstyle export" in lines[0] and "torch is not installed" in lines[0]
+    assert "pip install 'onnxstyle[export]'" in lines[0]  # not eaten as console markup
     assert "Traceback" not in r.stderr
