@@ -174,8 +174,15 @@ def stylize(
     lr: Annotated[float, typer.Option(min=0, help="Adam step in [0,1] pixel units")] = DEFAULTS.adam_lr,
     device: Annotated[Device, typer.Option()] = Device(DEFAULTS.device),
     fp16: Annotated[bool, typer.Option(help="TensorRT half precision")] = DEFAULTS.fp16,
-    preset: Annotated[PresetName, typer.Option()] = PresetName(DEFAULTS.preset),
-    pooling: Annotated[Pooling, typer.Option()] = Pooling(DEFAULTS.pooling),
+    preset: Annotated[
+        Optional[PresetName], typer.Option(help=f"export to use [default: {DEFAULTS.preset}, or what --models holds]")
+    ] = None,
+    pooling: Annotated[
+        Optional[Pooling], typer.Option(help=f"[default: {DEFAULTS.pooling}, or what --models holds]")
+    ] = None,
+    weights: Annotated[
+        Optional[str], typer.Option(help=f"caffe, torchvision or a file [default: {DEFAULTS.weights}, or what --models holds]")
+    ] = None,
     models: Annotated[
         Optional[Path], typer.Option(file_okay=False, help="exported models folder (default: the per-user cache)")
     ] = None,
@@ -183,8 +190,9 @@ def stylize(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
     """Stylize CONTENT with STYLE(s); with no arguments, the bundled Tübingen × Starry Night demo."""
-    from .runtime.image_io import check_output_path, from_nchw, load_image, save_image
     from .runtime.api import Stylizer
+    from .runtime.image_io import check_output_path, fit_longest, from_nchw, load_image, save_image
+    from .runtime.memory import check_fits
 
     demo = content is None
     if demo:
@@ -222,20 +230,28 @@ def stylize(
         adam_lr=lr,
         device=device.value,
         fp16=fp16,
-        preset=preset.value,
-        pooling=pooling.value,
+        preset=preset.value if preset else DEFAULTS.preset,
+        pooling=pooling.value if pooling else DEFAULTS.pooling,
+        weights=weights or DEFAULTS.weights,
     )
+    # Only what the user asked for is checked against a given models folder.
+    expect = {k: v for k, v in (("preset", preset and preset.value), ("pooling", pooling and pooling.value), ("weights", weights)) if v}
     inputs = [content, *styles] + ([init_path] if init_path else [])
     check_output_path(output, inputs)
 
     say = (lambda s: None) if quiet else (lambda s: err.print(escape(s)))
     if demo:
         say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
-    content_rgb, alpha = load_image(content)
-    style_rgbs = [load_image(p)[0] for p in styles]
-    init_rgb = load_image(init_path)[0] if init_path else None
+    # Decode no more than needed: a 12000-px JPEG is read at 1/8 scale when that suffices.
+    content_rgb, alpha = load_image(content, reduce_to=settings.size)
+    stylizer = Stylizer(settings, models, log=say, expect=expect)
+    # Refuse a size that cannot fit before allocating anything of that size.
+    h, w = fit_longest(content_rgb.shape[0], content_rgb.shape[1], settings.size)
+    check_fits(stylizer.engine.manifest.spec, h, w, settings.optimizer, settings.lbfgs_history)
+    style_side = max(32, round(settings.size * settings.style_scale))
+    style_rgbs = [load_image(p, max_side=style_side)[0] for p in styles]
+    init_rgb = load_image(init_path, max_side=settings.size)[0] if init_path else None
 
-    stylizer = Stylizer(settings, models, log=say)
     say(f"device: {stylizer.engine.provider} ({stylizer.engine.threads} threads), models: {stylizer.engine.folder}")
 
     received: list[int] = []

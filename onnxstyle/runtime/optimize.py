@@ -151,15 +151,20 @@ def lbfgs(
             if track.faults >= max_faults:
                 error = f"{e}; stopped after {track.faults} faults"
                 break
+            # Roll back to the best image; a new minimize() call starts with empty memory.
+            if track.best is not None:
+                x = track.best.astype(np.float64).ravel()
+            continue
         except KeyboardInterrupt:
             interrupted = True
             break
-        # Restart from the best image with a fresh memory (after a fault or an early stop).
+        # The line search gave up before the budget was spent: restart from the best image
+        # with a fresh memory, unless restarts no longer make progress (converged).
         if track.best is not None:
             x = track.best.astype(np.float64).ravel()
         stalled = stalled + 1 if track.step - before <= 2 else 0
         if stalled >= 3:
-            break  # converged: further restarts make no progress
+            break
     return track.result(x0, interrupted, error)
 
 
