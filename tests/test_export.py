@@ -17,7 +17,7 @@ from onnxstyle.export.exporter import export
 from onnxstyle.models.vgg import VGG19, reference_features, reference_loss_and_grad
 from onnxstyle.models.weights import load_caffe, load_weights
 from onnxstyle.runtime.manifest import METADATA_KEY, read_manifest
-from onnxstyle.spec import PRESETS, ExportSettings, LossSpec
+from onnxstyle.spec import ExportSettings, LossSpec, preset_spec
 
 from helpers import random_torchvision_state
 
@@ -72,7 +72,7 @@ def test_gradient_matches_torch_autograd_at_odd_sizes(
     preset: str, pooling: str, source: str, tmp_path: Path, tv_weights_file: Path
 ) -> None:
     weights = str(tv_weights_file) if source == "torchvision-file" else source
-    spec = PRESETS[preset].replace(pooling=pooling, tv_weight=0.5)
+    spec = preset_spec(preset).replace(pooling=pooling, tv_weight=0.5)
     folder = export(ExportSettings(spec, preset, weights), tmp_path / "exp", validate=False).folder
     w = load_weights(weights)
     model = VGG19(w, last=spec.deepest, pooling=pooling).eval()
@@ -102,7 +102,7 @@ def test_gradient_matches_torch_autograd_at_odd_sizes(
 @pytest.mark.parametrize("preset", ["gatys", "tutorial"])
 def test_onnx_gradient_agrees_with_finite_differences(preset: str, tmp_path: Path) -> None:
     """A check that needs no torch at all: central differences of the ONNX loss itself."""
-    spec = PRESETS[preset].replace(tv_weight=1.0)
+    spec = preset_spec(preset).replace(tv_weight=1.0)
     folder = export(ExportSettings(spec, preset), tmp_path / "exp", validate=False).folder
     content, style = photo(35, 41, 3), photo(40, 33, 4)
     image = photo(35, 41, 5)

@@ -94,7 +94,7 @@ def test_models_of_other_layers_than_requested(caffe_export: Path, tmp_path: Pat
     r = stylize_cli(str(CONTENT), str(STYLE), "-o", str(tmp_path / "o.png"), "--models", str(caffe_export), "--preset", "tutorial")
     assert r.returncode == 5
     line = error_line(r)
-    assert "not tutorial" in line and "conv2_2" in line and "onnxstyle export --preset tutorial" in line
+    assert "not torch-tutorial" in line and "conv2_2" in line and "onnxstyle export --preset torch-tutorial" in line
     r = stylize_cli(str(CONTENT), str(STYLE), "-o", str(tmp_path / "o.png"), "--models", str(caffe_export), "--pooling", "avg")
     assert r.returncode == 5 and "max pooling, not avg" in error_line(r)
     r = stylize_cli(str(CONTENT), str(STYLE), "-o", str(tmp_path / "o.png"), "--models", str(caffe_export), "--weights", "torchvision")

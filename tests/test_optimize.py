@@ -110,3 +110,72 @@ def test_adam_rolls_back_a_loss_spike() -> None:
     res = adam(spiky, np.full(target.shape, 0.9, np.float32), 100, lr=0.02)
     assert res.faults == 1
     assert res.loss == min(res.history)
+
+
+def test_torch_style_lbfgs_follows_torch_optim_lbfgs() -> None:
+    """Same objective, same clamping closure as the PyTorch tutorial: the same losses."""
+    import torch
+
+    from onnxstyle.runtime.optimize import torch_lbfgs
+
+    rng = np.random.default_rng(3)
+    n = 60
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    hess = (a @ a.T / n + 0.05 * np.eye(n)).astype(np.float32)
+    target = rng.uniform(-0.2, 1.2, n).astype(np.float32)
+
+    def f(x: np.ndarray):  # type: ignore[no-untyped-def]
+        d = (x.ravel() - target).astype(np.float64)
+        return float(d @ hess @ d), (2 * hess @ d).astype(np.float32).reshape(x.shape), {}
+
+    x0 = np.full((1, 3, 4, 5), 0.5, np.float32)
+    ours = torch_lbfgs(f, x0, 60, history=100).history
+
+    x = torch.from_numpy(x0.copy()).requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1, history_size=100, max_iter=20)
+    theirs: list[float] = []
+
+    def closure():  # type: ignore[no-untyped-def]
+        with torch.no_grad():
+            x.clamp_(0, 1)
+        opt.zero_grad()
+        loss, g, _ = f(x.detach().numpy())
+        theirs.append(loss)
+        x.grad = torch.from_numpy(g)
+        return torch.tensor(loss)
+
+    while len(theirs) < 60:
+        opt.step(closure)
+    theirs = theirs[:60]
+    assert len(ours) == 60
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3)
+    assert min(ours) < ours[0] / 2
+
+
+def test_tf_adam_form_differs_only_in_epsilon() -> None:
+    target = np.full((1, 3, 4, 4), 0.8, np.float32)
+    f = quadratic(target, np.ones_like(target))
+    x0 = np.zeros_like(target)
+    # With ε → 0 both forms take the same steps.
+    a = adam(f, x0, 20, lr=0.01, eps=1e-12).image
+    b = adam(f, x0, 20, lr=0.01, eps=1e-12, tf_epsilon=True).image
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # One step by hand with TF's form and ε = 0.1: x1 = lr·√(1-β₂)/(1-β₁) · m/(√v + ε).
+    g = -1.6  # d/dx (x - 0.8)² at 0
+    m, v = 0.01 * g, 0.001 * g * g
+    expect = -0.02 * np.sqrt(1 - 0.999) / (1 - 0.99) * m / (np.sqrt(v) + 0.1)
+    one = adam(f, x0, 2, lr=0.02, betas=(0.99, 0.999), eps=0.1, tf_epsilon=True)
+    seen: list = []
+    adam(f, x0, 2, lr=0.02, betas=(0.99, 0.999), eps=0.1, tf_epsilon=True, callback=seen.append)
+    np.testing.assert_allclose(seen[1].image, np.full_like(x0, expect), rtol=1e-5)
+    assert one.evaluations == 2
+
+
+def test_keras_rounds_are_scale_aware() -> None:
+    from onnxstyle.runtime.optimize import lbfgs_rounds
+
+    target = np.full((1, 3, 4, 4), 0.3, np.float32)
+    f = quadratic(target, np.ones_like(target))
+    res = lbfgs_rounds(f, np.full_like(target, 0.9), rounds=3, maxfun=20)
+    np.testing.assert_allclose(res.image, target, atol=1e-3)
+    assert res.evaluations <= 60

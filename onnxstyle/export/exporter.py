@@ -176,7 +176,7 @@ def _swap(tmp: Path, folder: Path, overwrite: bool) -> None:
 
 
 def spec_for(preset: str, **overrides: Any) -> LossSpec:
-    from ..spec import PRESETS
+    from ..spec import preset_spec
 
-    base = PRESETS[preset]
+    base = preset_spec(preset)
     return base.replace(**{k: v for k, v in overrides.items() if v is not None})

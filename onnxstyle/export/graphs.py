@@ -109,11 +109,14 @@ def _gram(b: _Builder, spec: LossSpec, f: str, name: str) -> tuple[str, str, str
     """(gram, reshaped features [C, HW], 1/denominator) for feature map f of layer ``name``."""
     c = LAYER_CHANNELS[name]
     m = b.op("Reshape", [f, b.const([c, -1], np.int64)], f"{name}_flat")
-    hw = b.op("Mul", [b.dim(f, 2), b.dim(f, 3)])
-    denom = b.scalar_f(hw)
-    if spec.gram_norm == "chw":
-        denom = b.op("Mul", [denom, b.const(float(c))])
-    inv = b.op("Reciprocal", [denom])
+    if spec.gram_norm == "none":
+        inv = b.const([1.0])
+    else:
+        hw = b.op("Mul", [b.dim(f, 2), b.dim(f, 3)])
+        denom = b.scalar_f(hw)
+        if spec.gram_norm == "chw":
+            denom = b.op("Mul", [denom, b.const(float(c))])
+        inv = b.op("Reciprocal", [denom])
     g = b.op("Mul", [b.op("MatMul", [m, b.op("Transpose", [m], perm=[1, 0])]), inv], f"{name}_gram")
     return g, m, inv
 
@@ -200,8 +203,9 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
         p = f"content_{n}"
         f = taps[n]
         d = b.op("Sub", [f, p], f"{n}_cdiff")
-        numel = b.scalar_f(b.op("Size", [f]))
-        scale = b.op("Div", [b.op("Mul", ["content_weight", f"content_weight_{n}"]), numel])
+        scale = b.op("Mul", ["content_weight", f"content_weight_{n}"])
+        if spec.content_reduction == "mean":
+            scale = b.op("Div", [scale, b.scalar_f(b.op("Size", [f]))])
         if spec.relative:
             energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [p, p])], keepdims=0), b.const(EPS)])
             scale = b.op("Div", [scale, energy])
@@ -214,7 +218,14 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
         f = taps[n]
         g, m, inv = _gram(b, spec, f, n)
         e = b.op("Sub", [g, a], f"{n}_sdiff")
-        scale = b.op("Mul", [b.op("Mul", ["style_weight", f"style_weight_{n}"]), b.const(1.0 / (c * c))])
+        scale = b.op("Mul", ["style_weight", f"style_weight_{n}"])
+        if spec.style_reduction == "mean":
+            scale = b.op("Mul", [scale, b.const(1.0 / (c * c))])
+        elif spec.style_reduction == "keras":
+            # Chollet: / (4 · channels² · size²) with channels = 3 and size = the image's H·W.
+            hw_img = b.op("Mul", [b.dim(IMAGE, 2), b.dim(IMAGE, 3)])
+            size = b.op("ReduceSum", [b.scalar_f(hw_img)], keepdims=0)
+            scale = b.op("Div", [scale, b.op("Mul", [b.op("Mul", [size, size]), b.const(36.0)])])
         if spec.relative:
             energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [a, a])], keepdims=0), b.const(EPS)])
             scale = b.op("Div", [scale, energy])
@@ -251,30 +262,7 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     mt = np.ascontiguousarray(weights.prep_m.T[:, :, None, None])
     grad_img = b.op("Conv", [grad, b.init("prep_wT", mt)], "prep_bwd")
 
-    # Total variation: mean squared neighbour differences, vertical plus horizontal.
-    dx = b.op("Sub", [_slice(b, IMAGE, 2, 1, None), _slice(b, IMAGE, 2, 0, -1)])
-    dy = b.op("Sub", [_slice(b, IMAGE, 3, 1, None), _slice(b, IMAGE, 3, 0, -1)])
-    nx = b.scalar_f(b.op("Size", [dx]))
-    ny = b.scalar_f(b.op("Size", [dy]))
-    sx = b.op("Div", ["tv_weight", nx])
-    sy = b.op("Div", ["tv_weight", ny])
-    terms["loss_tv"] = b.op(
-        "Add",
-        [
-            b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [dx, dx])], keepdims=0), sx]),
-            b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [dy, dy])], keepdims=0), sy]),
-        ],
-    )
-    gx = b.op("Mul", [dx, b.op("Mul", [sx, b.const(2.0)])])
-    gy = b.op("Mul", [dy, b.op("Mul", [sy, b.const(2.0)])])
-    # d/dx_i Σ(x_{i+1}-x_i)² = 2(x_i - x_{i-1}) - 2(x_{i+1} - x_i): the difference shifted both ways.
-    tvg = b.op(
-        "Add",
-        [
-            b.op("Sub", [_pad(b, gx, 2, 1, 0), _pad(b, gx, 2, 0, 1)]),
-            b.op("Sub", [_pad(b, gy, 3, 1, 0), _pad(b, gy, 3, 0, 1)]),
-        ],
-    )
+    terms["loss_tv"], tvg = _tv(b, spec)
     b.named("Add", [grad_img, tvg], "grad")
 
     total = None
@@ -290,6 +278,63 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     outputs += [_value_info(k, []) for k in terms]
     graph = helper.make_graph(b.nodes, "onnxstyle_loss_grad", inputs, outputs, b.inits)
     return _model(graph)
+
+
+def _tv(b: _Builder, spec: LossSpec) -> tuple[str, str]:
+    """(weighted TV loss, its gradient w.r.t. the image) for the spec's TV kind."""
+    k = spec.tv_scale
+    if spec.tv == "keras":
+        # a, b over the image cropped by its last row and column, as in the Keras example.
+        base = _slice(b, _slice(b, IMAGE, 2, 0, -1), 3, 0, -1)
+        d1 = b.op("Sub", [_slice(b, _slice(b, IMAGE, 2, 1, None), 3, 0, -1), base])
+        d2 = b.op("Sub", [_slice(b, _slice(b, IMAGE, 2, 0, -1), 3, 1, None), base])
+        sq = b.op("Mul", [b.op("Add", [b.op("Mul", [d1, d1]), b.op("Mul", [d2, d2])]), b.const(k * k)])
+        loss = b.op("Mul", [b.op("ReduceSum", [b.op("Pow", [sq, b.const(1.25)])], keepdims=0), "tv_weight"])
+        # d/dd1 (k²(d1²+d2²))^1.25 = 2.5·k²·s^0.25·d1
+        gs = b.op("Mul", [b.op("Pow", [sq, b.const(0.25)]), b.op("Mul", ["tv_weight", b.const(2.5 * k * k)])])
+        g1, g2 = b.op("Mul", [gs, d1]), b.op("Mul", [gs, d2])
+        grad = b.op(
+            "Add",
+            [
+                b.op("Sub", [_pad2(b, g1, (1, 0), (0, 1)), _pad2(b, b.op("Add", [g1, g2]), (0, 1), (0, 1))]),
+                _pad2(b, g2, (0, 1), (1, 0)),
+            ],
+        )
+        return loss, grad
+    dx = b.op("Sub", [_slice(b, IMAGE, 2, 1, None), _slice(b, IMAGE, 2, 0, -1)])
+    dy = b.op("Sub", [_slice(b, IMAGE, 3, 1, None), _slice(b, IMAGE, 3, 0, -1)])
+    if spec.tv == "sum_abs":
+        w = b.op("Mul", ["tv_weight", b.const(k)])
+        loss = b.op(
+            "Mul", [b.op("Add", [b.op("ReduceSum", [b.op("Abs", [dx])], keepdims=0), b.op("ReduceSum", [b.op("Abs", [dy])], keepdims=0)]), w]
+        )
+        gx, gy = b.op("Mul", [b.op("Sign", [dx]), w]), b.op("Mul", [b.op("Sign", [dy]), w])
+    else:  # mean_sq
+        sx = b.op("Div", [b.op("Mul", ["tv_weight", b.const(k * k)]), b.scalar_f(b.op("Size", [dx]))])
+        sy = b.op("Div", [b.op("Mul", ["tv_weight", b.const(k * k)]), b.scalar_f(b.op("Size", [dy]))])
+        loss = b.op(
+            "Add",
+            [
+                b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [dx, dx])], keepdims=0), sx]),
+                b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [dy, dy])], keepdims=0), sy]),
+            ],
+        )
+        gx = b.op("Mul", [dx, b.op("Mul", [sx, b.const(2.0)])])
+        gy = b.op("Mul", [dy, b.op("Mul", [sy, b.const(2.0)])])
+    # d/dx_i Σ f(x_{i+1}-x_i) = f'(x_i - x_{i-1}) - f'(x_{i+1} - x_i): the derivative shifted both ways.
+    grad = b.op(
+        "Add",
+        [
+            b.op("Sub", [_pad(b, gx, 2, 1, 0), _pad(b, gx, 2, 0, 1)]),
+            b.op("Sub", [_pad(b, gy, 3, 1, 0), _pad(b, gy, 3, 0, 1)]),
+        ],
+    )
+    return loss, grad
+
+
+def _pad2(b: _Builder, x: str, rows: tuple[int, int], cols: tuple[int, int]) -> str:
+    pads = [0, 0, rows[0], cols[0], 0, 0, rows[1], cols[1]]
+    return b.op("Pad", [x, b.const(pads, np.int64)], mode="constant")
 
 
 def _slice(b: _Builder, x: str, axis: int, start: int, end: int | None) -> str:

