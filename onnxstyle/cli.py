@@ -60,6 +60,11 @@ class Pooling(str, Enum):
     avg = "avg"
 
 
+class ColorMode(str, Enum):
+    luminance = "luminance"
+    histogram = "histogram"
+
+
 class OptimizerName(str, Enum):
     lbfgs = "lbfgs"
     torch_lbfgs = "torch-lbfgs"
@@ -112,6 +117,7 @@ def export(
     out_dir: Annotated[
         Optional[Path], typer.Option("--out", help="folder to write (default: the per-user cache)", file_okay=False)
     ] = None,
+    guided: Annotated[bool, typer.Option(help="guided Grams for --mask/--masks (Gatys et al. 2017)")] = False,
     validate: Annotated[bool, typer.Option(help="compare with torch autograd at two sizes")] = True,
 ) -> None:
     """Export VGG19 features and the loss gradient to ONNX (needs torch: pip install 'onnxstyle[export]')."""
@@ -125,7 +131,7 @@ def export(
     from .spec import ExportSettings, canonical_preset
 
     chosen = preset_settings(preset.value, log=lambda s: err.print(escape(s)), weights=weights)
-    spec = preset_spec(preset.value).replace(pooling=pooling.value)
+    spec = preset_spec(preset.value).replace(pooling=pooling.value, guided=guided)
     if content_layers is not None:
         spec = spec.replace(content_layers=_layers(content_layers), content_layer_weights=())
     if style_layers is not None:
@@ -205,6 +211,17 @@ def stylize(
     models: Annotated[
         Optional[Path], typer.Option(file_okay=False, help="exported models folder (default: the per-user cache)")
     ] = None,
+    preserve_color: Annotated[
+        Optional[ColorMode], typer.Option(help="luminance: keep the content's colours; histogram: recolour the style")
+    ] = None,
+    scales: Annotated[
+        Optional[str], typer.Option(help="coarse-to-fine, longest side per stage, e.g. 256,512,1024 (the last is the output)")
+    ] = None,
+    scale_iterations: Annotated[Optional[str], typer.Option(help="evaluations per stage, e.g. 300,150,50")] = None,
+    mask: Annotated[
+        Optional[Path], typer.Option(exists=True, dir_okay=False, help="white: stylize, black: keep the content")
+    ] = None,
+    masks: Annotated[Optional[str], typer.Option(help="one mask per style image, comma-separated paths")] = None,
     save_every: Annotated[int, typer.Option(min=0, help="write an intermediate image every N evaluations")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
 ) -> None:
@@ -235,6 +252,9 @@ def stylize(
         init_path = Path(init)
         if not init_path.is_file():
             raise _fail(f"--init {init}: not content, style, noise or an existing image file", EXIT_USAGE)
+    mask_paths = _mask_paths(mask, masks, len(styles))
+    stage_sizes = _ints("--scales", scales)
+    stage_its = _ints("--scale-iterations", scale_iterations)
     say = (lambda s: None) if quiet else (lambda s: err.print(escape(s)))
     preset_name = preset.value if preset else _models_preset(models) or DEFAULTS.preset
     settings = preset_settings(
@@ -255,10 +275,21 @@ def stylize(
         fp16=fp16,
         pooling=pooling.value if pooling else None,
         weights=weights,
+        preserve_color=preserve_color.value if preserve_color else None,
+        scales=stage_sizes,
+        scale_iterations=stage_its,
+        guided=bool(mask_paths) or None,
     )
+    if stage_sizes and size is not None and size != stage_sizes[-1]:
+        raise _fail(f"--size {size} differs from the last of --scales ({stage_sizes[-1]})", EXIT_USAGE)
+    if stage_sizes:
+        settings = settings.replace(size=stage_sizes[-1])
+    from .runtime.api import stage_plan
+
+    stage_plan(settings)  # a usage error now rather than after the images are loaded
     # Only what the user asked for is checked against a given models folder.
     expect = {k: v for k, v in (("preset", preset and preset.value), ("pooling", pooling and pooling.value), ("weights", weights)) if v}
-    inputs = [content, *styles] + ([init_path] if init_path else [])
+    inputs = [content, *styles, *mask_paths] + ([init_path] if init_path else [])
     check_output_path(output, inputs)
 
     if demo:
@@ -272,6 +303,7 @@ def stylize(
     style_side = max(32, round(settings.size * settings.style_scale))
     style_rgbs = [load_image(p, max_side=style_side)[0] for p in styles]
     init_rgb = load_image(init_path, max_side=settings.size)[0] if init_path else None
+    mask_arrays = [load_image(p, max_side=settings.size)[0].mean(axis=2) for p in mask_paths] or None
 
     say(f"device: {stylizer.engine.provider} ({stylizer.engine.threads} threads), models: {stylizer.engine.folder}")
 
@@ -301,9 +333,9 @@ def stylize(
     t0 = time.perf_counter()
     try:
         if quiet:
-            result = stylizer.run(content_rgb, style_rgbs, settings, save_every_cb, init_rgb)
+            result = stylizer.run(content_rgb, style_rgbs, settings, save_every_cb, init_rgb, masks=mask_arrays)
         else:
-            result = _run_with_progress(stylizer, content_rgb, style_rgbs, settings, save_every_cb, init_rgb)
+            result = _run_with_progress(stylizer, content_rgb, style_rgbs, settings, save_every_cb, init_rgb, mask_arrays)
     finally:
         signal.signal(signal.SIGTERM, old_term)
     interrupted = result.interrupted
@@ -331,6 +363,31 @@ def stylize(
         raise typer.Exit(code)
 
 
+def _ints(flag: str, text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise _fail(f"{flag} {text!r}: expected whole numbers like 256,512", EXIT_USAGE) from None
+
+
+def _mask_paths(mask: Path | None, masks: str | None, n_styles: int) -> list[Path]:
+    if mask and masks:
+        raise _fail("give --mask or --masks, not both", EXIT_USAGE)
+    if mask:
+        return [mask]
+    if not masks:
+        return []
+    paths = [Path(p.strip()) for p in masks.split(",") if p.strip()]
+    if len(paths) != n_styles:
+        raise _fail(f"--masks has {len(paths)} masks for {n_styles} style images", EXIT_USAGE)
+    for p in paths:
+        if not p.is_file():
+            raise _fail(f"--masks: {p} does not exist", EXIT_USAGE)
+    return paths
+
+
 def _models_preset(models: Path | None) -> str | None:
     """The preset a given models folder was exported with: its run settings then apply."""
     if models is None:
@@ -349,7 +406,9 @@ def _alpha_for(alpha: Any, image: Any) -> Any:
     return resize_to(alpha, image.shape[2], image.shape[3])
 
 
-def _run_with_progress(stylizer: Any, content: Any, styles: Any, settings: Settings, extra: Any, init: Any) -> Any:
+def _run_with_progress(
+    stylizer: Any, content: Any, styles: Any, settings: Settings, extra: Any, init: Any, masks: Any = None
+) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = (
@@ -363,14 +422,165 @@ def _run_with_progress(stylizer: Any, content: Any, styles: Any, settings: Setti
         TextColumn("{task.fields[terms]}"),
     )
     with Progress(*columns, console=err, transient=False) as progress:
-        task = progress.add_task("stylize", total=settings.iterations, rate="", terms="")
+        from .runtime.api import total_evaluations
+
+        task = progress.add_task("stylize", total=total_evaluations(settings), rate="", terms="")
 
         def cb(it: Any) -> None:
             rate = f"{it.step / max(it.elapsed, 1e-9):.2f} it/s"
             progress.update(task, completed=it.step, rate=rate, terms=f"loss {it.loss:.4g} ({_fmt_terms(it.terms)})")
             extra(it)
 
-        return stylizer.run(content, styles, settings, cb, init)
+        return stylizer.run(content, styles, settings, cb, init, masks=masks)
+
+
+# What `sweep --vary` can vary: CLI name → (Settings field, type).
+VARYABLE: dict[str, tuple[str, type]] = {
+    "style-weight": ("style_weight", float),
+    "content-weight": ("content_weight", float),
+    "tv-weight": ("tv_weight", float),
+    "init": ("init", str),
+    "seed": ("seed", int),
+    "iterations": ("iterations", int),
+    "size": ("size", int),
+    "style-scale": ("style_scale", float),
+    "optimizer": ("optimizer", str),
+    "lr": ("adam_lr", float),
+    "preserve-color": ("preserve_color", str),
+    "preset": ("preset", str),
+    "pooling": ("pooling", str),
+}
+
+
+SWEEP_MIN_PANEL = 240  # px: the narrowest panel whose label stays legible
+
+
+def _parse_vary(items: list[str]) -> list[tuple[str, list[Any]]]:
+    if not items or len(items) > 2:
+        raise _fail("give one or two --vary NAME=v1,v2,... (columns, then rows)", EXIT_USAGE)
+    out = []
+    for item in items:
+        name, _, values = item.partition("=")
+        name = name.strip().replace("_", "-")
+        if name not in VARYABLE or not values:
+            raise _fail(f"--vary {item!r}: expected NAME=v1,v2 with NAME one of {', '.join(VARYABLE)}", EXIT_USAGE)
+        _, kind = VARYABLE[name]
+        try:
+            vals = [kind(v.strip()) if kind is not float else float(v.strip()) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise _fail(f"--vary {item!r}: {name} takes {kind.__name__} values", EXIT_USAGE) from None
+        out.append((name, vals))
+    return out
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+@app.command()
+@handle_errors
+def sweep(
+    content: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="content image")],
+    style: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="style image")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="the contact sheet (.png, .jpg, .webp)")],
+    vary: Annotated[list[str], typer.Option(help="NAME=v1,v2,...: the first gives the columns, a second the rows")],
+    size: Annotated[Optional[int], typer.Option(min=32, help="longest side of each panel [default: 256]")] = None,
+    iterations: Annotated[Optional[int], typer.Option(min=1, help="evaluations per panel [default: the preset's]")] = None,
+    content_weight: Annotated[Optional[float], typer.Option(min=0)] = None,
+    style_weight: Annotated[Optional[float], typer.Option(min=0)] = None,
+    tv_weight: Annotated[Optional[float], typer.Option(min=0)] = None,
+    init: Annotated[Optional[str], typer.Option(help="content, style or noise")] = None,
+    seed: Annotated[int, typer.Option()] = DEFAULTS.seed,
+    optimizer: Annotated[Optional[OptimizerName], typer.Option()] = None,
+    preserve_color: Annotated[Optional[ColorMode], typer.Option()] = None,
+    preset: Annotated[PresetName, typer.Option()] = PresetName.gatys,
+    pooling: Annotated[Optional[Pooling], typer.Option()] = None,
+    weights: Annotated[Optional[str], typer.Option()] = None,
+    device: Annotated[Device, typer.Option()] = Device(DEFAULTS.device),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Run a grid of settings and write one labelled contact sheet."""
+    import itertools
+
+    from .runtime.api import Stylizer, preset_settings, total_evaluations
+    from .runtime.image_io import check_output_path, from_nchw, load_image, save_image
+    from .runtime.sheet import contact_sheet
+
+    axes = _parse_vary(vary)
+    check_output_path(output, [content, style])
+    say = (lambda s: None) if quiet else (lambda s: err.print(escape(s)))
+    explicit = {
+        "size": size or 256,
+        "iterations": iterations,
+        "content_weight": content_weight,
+        "style_weight": style_weight,
+        "tv_weight": tv_weight,
+        "init": init,
+        "seed": seed,
+        "optimizer": optimizer.value if optimizer else None,
+        "preserve_color": preserve_color.value if preserve_color else None,
+        "pooling": pooling.value if pooling else None,
+        "weights": weights,
+        "device": device.value,
+    }
+    grid = list(itertools.product(*[vals for _, vals in axes]))
+    plans = []
+    for combo in grid:
+        changes = dict(explicit)
+        name_preset = preset.value
+        for (name, _), value in zip(axes, combo):
+            field = VARYABLE[name][0]
+            if field == "preset":
+                name_preset = value
+            else:
+                changes[field] = value
+        plans.append((combo, preset_settings(name_preset, log=say, **changes)))
+    content_rgb, _ = load_image(content, reduce_to=max(p.size for _, p in plans))
+    style_rgb, _ = load_image(style)
+    stylizers: dict[Any, Any] = {}
+    panels, labels = [], []
+    total = sum(total_evaluations(p) for _, p in plans)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[panel]}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=err, disable=quiet,
+    ) as progress:
+        task = progress.add_task("sweep", total=total, panel="")
+        done = 0
+        for combo, settings in plans:
+            label = ", ".join(f"{name}={_fmt_value(v)}" for (name, _), v in zip(axes, combo))
+            key = settings.export_settings().key()
+            if key not in stylizers:
+                stylizers[key] = Stylizer(settings, log=say)
+            progress.update(task, panel=label)
+            base = done
+
+            def cb(it: Any, base: int = base) -> None:
+                progress.update(task, completed=base + it.step)
+
+            result = stylizers[key].run(content_rgb, [style_rgb], settings, cb)
+            done += total_evaluations(settings)
+            progress.update(task, completed=done)
+            panels.append(from_nchw(result.image))
+            labels.append(f"{label}  loss {result.loss:.3g}")
+    # Small panels are enlarged (nearest neighbour: pixels stay honest) so labels fit.
+    if panels[0].shape[1] < SWEEP_MIN_PANEL:
+        import cv2
+
+        k = -(-SWEEP_MIN_PANEL // panels[0].shape[1])
+        panels = [cv2.resize(p, (p.shape[1] * k, p.shape[0] * k), interpolation=cv2.INTER_NEAREST) for p in panels]
+    columns = len(axes[0][1])
+    title = f"{content.name} x {style.name}: preset {preset.value}, {explicit['size']} px"
+    col_labels = [f"{axes[0][0]}={_fmt_value(v)}" for v in axes[0][1]]
+    row_labels = [f"{axes[1][0]}={_fmt_value(v)}" for v in axes[1][1]] if len(axes) > 1 else None
+    sheet = contact_sheet(panels, labels, columns, title=title, row_labels=row_labels, col_labels=col_labels)
+    meta = {"onnxstyle": __version__, "content": str(content), "style": str(style), "vary": vary, "panels": labels}
+    save_image(output, sheet, text={"onnxstyle": json.dumps(meta)})
+    say(f"wrote {output}: {len(panels)} panels, {total} evaluations")
 
 
 @app.command()

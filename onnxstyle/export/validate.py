@@ -93,6 +93,11 @@ def validate_export(
         st = dict(zip(got_out, feats.run(None, {"image": style})))
         targets = {k: ct[k] for k in want_out if k.startswith("content_")}
         targets.update({k: st[k] for k in want_out if k.startswith("gram_")})
+        extra: dict[str, np.ndarray] = {}
+        if spec.guided:
+            # Two soft, overlapping regions, each against its own target (the second from the content).
+            ramp = np.linspace(0, 1, w, dtype=np.float32)[None, None, None, :].repeat(h, 2)
+            extra["guide"] = np.concatenate([ramp, 1 - ramp ** 2], axis=0).astype(np.float32)
         with torch.no_grad():
             ref_c = reference_features(model, spec, torch.from_numpy(content))
             ref_s = reference_features(model, spec, torch.from_numpy(style))
@@ -104,10 +109,14 @@ def validate_export(
                 raise ExportError(f"{h}x{w}: {k} has shape {got.shape}, torch gives {ref.shape}")
             feat_err = max(feat_err, float(np.abs(got - ref).max() / (np.abs(ref).max() + 1e-12)))
 
+        feeds = dict(targets)
+        if spec.guided:
+            feeds.update({k: np.stack([st[k], ct[k]]) for k in want_out if k.startswith("gram_")})
+            feeds.update(extra)
         out_names = [o.name for o in lossg.get_outputs()]
-        outs = dict(zip(out_names, lossg.run(None, {"image": image, **targets})))
+        outs = dict(zip(out_names, lossg.run(None, {"image": image, **feeds})))
         ref_loss, ref_grad, _ = reference_loss_and_grad(
-            model, spec, torch.from_numpy(image), {k: torch.from_numpy(v) for k, v in targets.items()}
+            model, spec, torch.from_numpy(image), {k: torch.from_numpy(v) for k, v in feeds.items()}
         )
         g, rg = outs["grad"].astype(np.float64), ref_grad.numpy().astype(np.float64)
         if g.shape != rg.shape:

@@ -93,7 +93,13 @@ def reference_loss(
         if spec.relative:
             err = err / (p.pow(2).mean() + 1e-8)
         terms[f"loss_content_{n}"] = w["content_weight"] * w[f"content_weight_{n}"] * err
+    guides = _reference_guides(model, spec, targets["guide"]) if spec.guided else {}
     for n in spec.style_layers:
+        if spec.guided:
+            terms[f"loss_style_{n}"] = w["style_weight"] * w[f"style_weight_{n}"] * _guided_err(
+                spec, taps[n], guides[n], targets[f"gram_{n}"], img_hw
+            )
+            continue
         a = targets[f"gram_{n}"]
         g = gram(taps[n], spec.gram_norm)
         if spec.style_reduction == "mean":
@@ -117,6 +123,39 @@ def reference_loss(
     terms["loss_tv"] = w["tv_weight"] * tv
     total = torch.stack(list(terms.values())).sum()
     return total, terms
+
+
+def _reference_guides(model: VGG19, spec: LossSpec, guide: torch.Tensor) -> dict[str, torch.Tensor]:
+    out = {}
+    g = guide
+    for name in model.names:
+        if name.startswith("pool"):
+            g = F.avg_pool2d(g, 2, 2)
+        out[name] = g
+    return out
+
+
+def _guided_err(spec: LossSpec, f: torch.Tensor, m: torch.Tensor, a: torch.Tensor, img_hw: int) -> torch.Tensor:
+    """Σ_r err(G_r, A_r) with G_r = (F∘m_r)(F∘m_r)ᵀ / Σ m_r² (Gatys et al. 2017)."""
+    _, c, h, w = f.shape
+    total = f.new_zeros(())
+    for r in range(m.shape[0]):
+        fm = (f[0] * m[r]).reshape(c, h * w)
+        g = fm @ fm.t()
+        if spec.gram_norm != "none":
+            g = g / ((m[r] ** 2).sum() + 1e-8)
+            if spec.gram_norm == "chw":
+                g = g / c
+        if spec.style_reduction == "mean":
+            err = F.mse_loss(g, a[r], reduction="mean")
+        elif spec.style_reduction == "sum":
+            err = F.mse_loss(g, a[r], reduction="sum")
+        else:
+            err = (g - a[r]).pow(2).sum() / (4.0 * 3**2 * img_hw**2)
+        if spec.relative:
+            err = err / (a[r].pow(2).mean() + 1e-8)
+        total = total + err
+    return total
 
 
 def default_weights(spec: LossSpec) -> dict[str, float]:

@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import ModelsError
 from ..spec import ExportSettings, canonical_preset, preset_spec, torchvision_default_path
 from .engine import Engine
-from .image_io import fit_size, resize_longest, resize_to, to_nchw
+from .colour import luminance_image, match_histogram, match_luminance, recombine_luminance
+from .image_io import fit_size, from_nchw, resize_longest, resize_to, to_nchw
 from .manifest import check_matches, default_export_dir, export_command
 from .memory import check_fits
 from .optimize import Iterate, Result, adam, lbfgs, lbfgs_rounds, torch_lbfgs
@@ -61,6 +62,16 @@ class Settings:
     adam_tf_epsilon: bool = False
     # What --size measures: the longest side, or the height (the Keras example's 400 rows).
     fit: str = "longest"
+    # Colour control (Gatys et al. 2017): None, "luminance" (transfer luminance only, keep
+    # the content's chroma) or "histogram" (recolour the style to the content's colours).
+    preserve_color: str | None = None
+    # Coarse-to-fine: longest side per stage, the last being the output size; each stage
+    # starts from the previous result upsampled. None: one stage at ``size``.
+    scales: tuple[int, ...] | None = None
+    # Evaluations per stage (default: ``iterations`` for every stage).
+    scale_iterations: tuple[int, ...] | None = None
+    # Guided graphs for masks (set by the CLI when --mask/--masks are given).
+    guided: bool = False
     device: str = "auto"
     # Export settings used to find (or make) the graphs in the cache.
     preset: str = "gatys"
@@ -76,7 +87,7 @@ class Settings:
 
     def export_settings(self) -> ExportSettings:
         try:
-            spec = preset_spec(self.preset).replace(pooling=self.pooling)
+            spec = preset_spec(self.preset).replace(pooling=self.pooling, guided=self.guided)
         except ValueError as e:
             raise ModelsError(str(e)) from None
         return ExportSettings(spec, canonical_preset(self.preset), self.weights)
@@ -180,18 +191,34 @@ class Stylizer:
         check_matches(self.engine.manifest, fix, **(expect or {}))
 
     def targets(
-        self, content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings
+        self,
+        content: np.ndarray,
+        styles: Sequence[np.ndarray],
+        settings: Settings,
+        side: int | None = None,
+        regions: int = 0,
     ) -> dict[str, np.ndarray]:
-        """Content features of ``content`` and the blended Gram matrices of ``styles``."""
+        """Content features of ``content`` and the Gram matrices of ``styles``.
+
+        ``regions`` = 0: one Gram per layer, the styles blended (``style_blend``);
+        1: the blend as the single region of a guided export ([1,C,C]); R > 1: one
+        region per style image ([R,C,C]), for ``masks``.
+        """
         ct = self.engine.features(to_nchw(content))
         targets = {k: v for k, v in ct.items() if k.startswith("content_")}
-        w = blend_weights(len(styles), settings.style_blend)
-        side = max(32, round(settings.size * settings.style_scale))
-        for wi, style in zip(w, styles):
-            st = self.engine.features(to_nchw(resize_longest(style, side)))
-            for k, v in st.items():
-                if k.startswith("gram_"):
-                    targets[k] = targets.get(k, 0) + wi * v
+        side = max(32, round((side or settings.size) * settings.style_scale))
+        grams = [
+            {k: v for k, v in self.engine.features(to_nchw(resize_longest(st, side))).items() if k.startswith("gram_")}
+            for st in styles
+        ]
+        if regions > 1:
+            for k in grams[0]:
+                targets[k] = np.stack([g[k] for g in grams])
+        else:
+            w = blend_weights(len(styles), settings.style_blend)
+            for k in grams[0]:
+                blend = sum(wi * g[k] for wi, g in zip(w, grams))
+                targets[k] = blend[None] if regions == 1 else blend
         return {k: np.ascontiguousarray(v, np.float32) for k, v in targets.items()}
 
     def initial(self, content: np.ndarray, styles: Sequence[np.ndarray], settings: Settings, init_image: np.ndarray | None) -> np.ndarray:
@@ -215,21 +242,86 @@ class Stylizer:
         callback: Callable[[Iterate], None] | None = None,
         init_image: np.ndarray | None = None,
         objective_hook: Callable[[np.ndarray, float, np.ndarray], tuple[float, np.ndarray]] | None = None,
+        masks: Sequence[np.ndarray] | None = None,
     ) -> Result:
-        """Optimize an image; content/styles are RGB float32 HxWx3 in [0,1], any size."""
+        """Optimize an image; content/styles are RGB float32 HxWx3 in [0,1], any size.
+
+        ``masks``: greyscale HxW in [0,1] (any size, resized to the content). One mask:
+        white is stylized, black keeps the content; one per style: each style in its region.
+        """
         s = settings or self.settings
         if not styles:
             raise ValueError("at least one style image is needed")
-        content = resize_to(content, *fit_size(content.shape[0], content.shape[1], s.size, s.fit))
-        check_fits(self.engine.manifest.spec, content.shape[0], content.shape[1], s.optimizer, s.lbfgs_history)
-        targets = self.targets(content, styles, s)
+        if masks and len(masks) > 1 and len(masks) != len(styles):
+            raise ValueError(f"--masks has {len(masks)} masks for {len(styles)} style images")
+        guided = self.engine.manifest.spec.guided
+        if masks and not guided:
+            raise ModelsError(f"{self.engine.folder} has no guided graphs for masks; re-export with: {self.engine.fix_hint} --guided")
+        stages = stage_plan(s)
+        final_hw = fit_size(content.shape[0], content.shape[1], stages[-1][0], s.fit)
+        check_fits(self.engine.manifest.spec, *final_hw, s.optimizer, s.lbfgs_history)
+
+        # Colour (Gatys et al. 2017): optimize luminance only, or recolour the styles first.
+        work_content = content
+        if s.preserve_color == "luminance":
+            styles = [match_luminance(st, content) for st in styles]
+            work_content = luminance_image(content)
+        elif s.preserve_color == "histogram":
+            styles = [match_histogram(st, content) for st in styles]
+        elif s.preserve_color is not None:
+            raise ValueError(f"--preserve-color {s.preserve_color!r}: choose luminance or histogram")
+
         weights = {
             k: v
             for k, v in (("content_weight", s.content_weight), ("style_weight", s.style_weight), ("tv_weight", s.tv_weight))
             if v is not None
         }
-        x0 = self.initial(content, styles, s, init_image)
+        regions = (len(masks) if masks and len(masks) > 1 else 1) if guided else 0
+        results: list[Result] = []
+        offset = 0
+        x = None
+        for size, evaluations in stages:
+            hw = fit_size(content.shape[0], content.shape[1], size, s.fit)
+            c = resize_to(work_content, *hw)
+            targets = self.targets(c, styles, s, side=size, regions=regions)
+            if guided:
+                targets["guide"] = _guide(masks, hw, regions)
+            # Each stage starts from the previous result, upsampled (coarse-to-fine).
+            x0 = self.initial(c, styles, s, init_image) if x is None else to_nchw(resize_to(from_nchw(x), *hw))
+            r = self._optimize(s, x0, evaluations, targets, weights, callback, offset, objective_hook)
+            results.append(r)
+            offset += r.evaluations
+            x = r.image
+            if r.interrupted or r.error:
+                break
+        last = results[-1]
+        image = last.image
+        if s.preserve_color == "luminance":
+            rgb = recombine_luminance(from_nchw(image), resize_to(content, image.shape[2], image.shape[3]))
+            image = to_nchw(rgb)
+        return Result(
+            image,
+            last.loss,
+            last.terms,
+            sum(r.evaluations for r in results),
+            sum(r.elapsed for r in results),
+            last.interrupted,
+            sum(r.faults for r in results),
+            [v for r in results for v in r.history],
+            last.error,
+        )
 
+    def _optimize(
+        self,
+        s: Settings,
+        x0: np.ndarray,
+        evaluations: int,
+        targets: dict[str, np.ndarray],
+        weights: dict[str, float],
+        callback: Callable[[Iterate], None] | None,
+        offset: int,
+        objective_hook: Callable[[np.ndarray, float, np.ndarray], tuple[float, np.ndarray]] | None,
+    ) -> Result:
         def objective(x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
             r = self.engine.loss_grad(x, targets, weights)
             loss, grad = r.loss, r.grad
@@ -237,29 +329,69 @@ class Stylizer:
                 loss, grad = objective_hook(x, loss, grad)
             return loss, grad, r.terms
 
+        cb = callback
+        if callback is not None and offset:
+            # Steps count across coarse-to-fine stages, so progress is one bar.
+            def cb(it: Iterate) -> None:
+                callback(dataclasses.replace(it, step=it.step + offset))
+
         if s.optimizer == "lbfgs":
-            return lbfgs(objective, x0, s.iterations, history=s.lbfgs_history, callback=callback)
+            return lbfgs(objective, x0, evaluations, history=s.lbfgs_history, callback=cb)
         if s.optimizer == "adam":
             return adam(
-                objective, x0, s.iterations, lr=s.adam_lr, betas=s.adam_betas, eps=s.adam_eps,
-                tf_epsilon=s.adam_tf_epsilon, callback=callback,
+                objective, x0, evaluations, lr=s.adam_lr, betas=s.adam_betas, eps=s.adam_eps,
+                tf_epsilon=s.adam_tf_epsilon, callback=cb,
             )
         if s.optimizer == "torch-lbfgs":
-            return torch_lbfgs(objective, x0, s.iterations, history=s.lbfgs_history, callback=callback)
+            return torch_lbfgs(objective, x0, evaluations, history=s.lbfgs_history, callback=cb)
         if s.optimizer == "keras-lbfgs":
-            per_round = max(1, s.iterations // max(1, s.rounds))
-            return lbfgs_rounds(objective, x0, s.rounds, per_round, history=s.lbfgs_history, callback=callback)
+            per_round = max(1, evaluations // max(1, s.rounds))
+            return lbfgs_rounds(objective, x0, s.rounds, per_round, history=s.lbfgs_history, callback=cb)
         raise ValueError(f"unknown optimizer {s.optimizer!r}; choose lbfgs, torch-lbfgs, adam or keras-lbfgs")
 
 
-def stylize(content: np.ndarray, styles: np.ndarray | Sequence[np.ndarray], models: Path | None = None, **settings: Any) -> np.ndarray:
+def stage_plan(s: Settings) -> list[tuple[int, int]]:
+    """(size, evaluations) per coarse-to-fine stage; the last size is the output size."""
+    if not s.scales:
+        return [(s.size, s.iterations)]
+    sizes = list(s.scales)
+    if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 32:
+        raise ValueError(f"--scales {','.join(map(str, sizes))}: sizes must rise, from 32 px up")
+    its = list(s.scale_iterations) if s.scale_iterations else [s.iterations] * len(sizes)
+    if len(its) != len(sizes) or min(its) < 1:
+        raise ValueError(f"--scale-iterations needs {len(sizes)} positive counts, one per scale")
+    return list(zip(sizes, its))
+
+
+def total_evaluations(s: Settings) -> int:
+    return sum(n for _, n in stage_plan(s))
+
+
+def _guide(masks: Sequence[np.ndarray] | None, hw: tuple[int, int], regions: int) -> np.ndarray:
+    if not masks:
+        return np.ones((1, 1, *hw), np.float32)
+    ms = [resize_to(np.asarray(m, np.float32), *hw) for m in masks]
+    return np.stack(ms)[:, None].astype(np.float32)
+
+
+def stylize(
+    content: np.ndarray,
+    styles: np.ndarray | Sequence[np.ndarray],
+    models: Path | None = None,
+    masks: Sequence[np.ndarray] | None = None,
+    **settings: Any,
+) -> np.ndarray:
     """Stylize ``content`` (RGB float32 HxWx3 in [0,1]) with one or more style images.
 
-    Keyword arguments are :class:`Settings` fields. Returns the stylized RGB image,
-    float32 in [0,1], with the longest side ``size``.
+    Keyword arguments are :class:`Settings` fields (``preset`` first sets that preset's
+    run settings). ``masks``: one greyscale mask (white: stylize) or one per style.
+    Returns the stylized RGB image, float32 in [0,1], with the longest side ``size``.
     """
     if isinstance(styles, np.ndarray) and styles.ndim == 3:
         styles = [styles]
-    s = Settings().replace(**settings)
-    result = Stylizer(s, models).run(content, list(styles), s)
+    preset = settings.pop("preset", "gatys")
+    s = preset_settings(preset, **settings)
+    if masks:
+        s = s.replace(guided=True)
+    result = Stylizer(s, models).run(content, list(styles), s, masks=masks)
     return np.ascontiguousarray(result.image[0].transpose(1, 2, 0))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelsError
-from ..spec import FORMAT_VERSION, ExportSettings, LossSpec
+from ..spec import FORMAT_VERSION, READABLE_VERSIONS, ExportSettings, LossSpec
 
 MANIFEST = "manifest.json"
 GRAPHS = ("features.onnx", "loss_grad.onnx")
@@ -38,6 +38,8 @@ def export_command(settings: ExportSettings | None = None) -> str:
         cmd += f" --weights {settings.weights}"
     if settings.spec.pooling != "max":
         cmd += f" --pooling {settings.spec.pooling}"
+    if settings.spec.guided:
+        cmd += " --guided"
     return cmd
 
 
@@ -75,10 +77,12 @@ def read_manifest(folder: Path, fix: str = "onnxstyle export") -> Manifest:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ModelsError(f"{path} is not valid JSON ({e}); re-export with: {fix}") from e
-    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+    if not isinstance(data, dict) or data.get("format_version") not in READABLE_VERSIONS:
         found = data.get("format_version") if isinstance(data, dict) else None
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise ModelsError(
-            f"{path} has format version {found}, this onnxstyle reads version {FORMAT_VERSION}; re-export with: {fix}"
+            f"{path} has format version {found}, this onnxstyle reads versions {readable} (writes {FORMAT_VERSION}); "
+            f"re-export with: {fix}"
         )
     for g in GRAPHS:
         gp = folder / g

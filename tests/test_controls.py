@@ -1,0 +1,136 @@
+"""Perceptual controls (issue 6): colour, coarse-to-fine, masks, sweep sheets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from onnxstyle.errors import ModelsError
+from onnxstyle.export.exporter import export
+from onnxstyle.runtime.api import Settings, Stylizer, stylize
+from onnxstyle.runtime.image_io import read_png_text, resize_longest
+from onnxstyle.runtime.optimize import Iterate
+from onnxstyle.runtime.sheet import sheet_layout
+from onnxstyle.spec import ExportSettings, LossSpec
+
+from helpers import DATA, cli_env
+
+
+@pytest.fixture(scope="module")
+def guided_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return export(ExportSettings(LossSpec(guided=True)), tmp_path_factory.mktemp("guided") / "g").folder
+
+
+def ycrcb(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.ascontiguousarray(rgb, np.float32), cv2.COLOR_RGB2YCrCb)
+
+
+def test_luminance_mode_keeps_the_content_chroma(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
+    kw = dict(size=64, iterations=40)
+    out = stylize(tubingen, starry, caffe_export, preserve_color="luminance", **kw)
+    plain = stylize(tubingen, starry, caffe_export, **kw)
+    c = ycrcb(resize_longest(tubingen, 64))
+    o, p = ycrcb(out), ycrcb(plain)
+    chroma_err = np.abs(o[..., 1:] - c[..., 1:]).mean()
+    assert chroma_err < 0.01, chroma_err
+    assert np.abs(p[..., 1:] - c[..., 1:]).mean() > 3 * chroma_err  # plain transfer does recolour
+    assert np.abs(o[..., 0] - c[..., 0]).mean() > 0.03  # and the luminance was stylized
+
+
+def test_histogram_mode_recolours_the_style_towards_the_content(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
+    kw = dict(size=64, iterations=40)
+    hist = stylize(tubingen, starry, caffe_export, preserve_color="histogram", **kw)
+    plain = stylize(tubingen, starry, caffe_export, **kw)
+    target = resize_longest(tubingen, 64).reshape(-1, 3).mean(0)
+    assert np.abs(hist.reshape(-1, 3).mean(0) - target).sum() < np.abs(plain.reshape(-1, 3).mean(0) - target).sum()
+
+
+def test_coarse_to_fine_ends_at_the_last_size_and_chains_stages(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
+    s = Settings(scales=(32, 64), scale_iterations=(6, 4), size=64)
+    seen: list[Iterate] = []
+    r = Stylizer(s, caffe_export).run(tubingen, [starry], s, seen.append)
+    assert r.image.shape == (1, 3, 48, 64)
+    assert [it.step for it in seen] == list(range(1, 11)) and r.evaluations == 10
+    first_small, first_big = seen[0].image, seen[6].image
+    assert first_small.shape[2:] == (24, 32) and first_big.shape[2:] == (48, 64)
+    # Stage 2 starts from stage 1's best image, upsampled — not from the content.
+    best_small = min(seen[:6], key=lambda it: it.loss).image[0].transpose(1, 2, 0)
+    up = cv2.resize(best_small, (64, 48), interpolation=cv2.INTER_CUBIC)
+    np.testing.assert_allclose(first_big[0].transpose(1, 2, 0), np.clip(up, 0, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="rise"):
+        Stylizer(s, caffe_export).run(tubingen, [starry], s.replace(scales=(64, 32)))
+
+
+def test_mask_keeps_its_black_region_near_the_content(guided_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
+    mask = np.zeros((72, 96), np.float32)
+    mask[:, 48:] = 1.0
+    out = stylize(tubingen, starry, guided_export, masks=[mask], size=96, iterations=60)
+    d = np.abs(out - tubingen).mean(axis=2)
+    black, white = d[:, :40].mean(), d[:, 56:].mean()
+    assert black < white / 3, (black, white)
+
+
+def test_two_masks_put_each_style_in_its_region(guided_export: Path, tubingen: np.ndarray, starry: np.ndarray, scream: np.ndarray) -> None:
+    left = np.zeros((72, 96), np.float32)
+    left[:, :48] = 1.0
+    out = stylize(tubingen, [starry, scream], guided_export, masks=[left, 1 - left], size=96, iterations=60)
+    mu_starry, mu_scream = starry.reshape(-1, 3).mean(0), scream.reshape(-1, 3).mean(0)
+    lh, rh = out[:, :40].reshape(-1, 3).mean(0), out[:, 56:].reshape(-1, 3).mean(0)
+    assert np.abs(lh - mu_starry).sum() < np.abs(lh - mu_scream).sum()
+    assert np.abs(rh - mu_scream).sum() < np.abs(rh - mu_starry).sum()
+
+
+def test_masks_need_guided_graphs(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
+    with pytest.raises(ModelsError, match="--guided"):
+        stylize(tubingen, starry, caffe_export, masks=[np.ones((4, 4), np.float32)], size=48, iterations=1)
+
+
+def test_version_1_models_folder_still_runs(caffe_export: Path, tmp_path: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
+    old = tmp_path / "v1"
+    shutil.copytree(caffe_export, old)
+    m = json.loads((old / "manifest.json").read_text())
+    m["format_version"] = 1
+    for k in ("guided", "content_reduction", "style_reduction", "tv", "tv_scale"):
+        m["spec"].pop(k)  # fields that version 1 did not have
+    (old / "manifest.json").write_text(json.dumps(m))
+    out = stylize(tubingen, starry, old, size=48, iterations=3)
+    assert out.shape == (36, 48, 3)
+
+
+def test_sweep_sheet_holds_every_panel(caffe_export: Path, tmp_path: Path) -> None:
+    sheet = tmp_path / "sheet.png"
+    env = cli_env(tmp_path / "cache")
+    # The sweep finds its graphs in the cache: seed it with the session's export.
+    from onnxstyle.runtime.manifest import default_export_dir
+
+    target = Path(env["ONNXSTYLE_CACHE"]) / "exports" / default_export_dir(Settings().export_settings()).name
+    target.parent.mkdir(parents=True)
+    shutil.copytree(caffe_export, target)
+    r = subprocess.run(
+        [sys.executable, "-m", "onnxstyle.cli", "sweep", str(DATA / "tubingen.png"), str(DATA / "starry_night.png"),
+         "-o", str(sheet), "--vary", "style-weight=1,100", "--vary", "init=content,noise", "--size", "40", "--iterations", "8"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(read_png_text(sheet)["onnxstyle"])
+    assert len(meta["panels"]) == 4 and meta["panels"][0].startswith("style-weight=1, init=content")
+    img = cv2.imread(str(sheet))[:, :, ::-1].astype(np.float32) / 255
+    # Panels are 30x40 enlarged ×6 to 180x240; find each in the documented layout.
+    lay = sheet_layout(4, 2, (180, 240), title=True, row_labels=True, col_labels=True)
+    assert img.shape[:2] == lay.size
+    crops = []
+    for i in range(4):
+        y, x = lay.panel_origin(i)
+        crops.append(img[y : y + 180, x : x + 240])
+    for c in crops:
+        assert c.std() > 0.05  # a picture, not background
+    # Different settings, different pictures; noise init looks unlike content init.
+    assert np.abs(crops[0] - crops[2]).mean() > 0.02
+    assert np.abs(crops[0] - crops[1]).mean() > 0.01
