@@ -56,6 +56,16 @@ def torch_lbfgs(objective, x0: np.ndarray, evals: int, history: int, line_search
     return losses[:evals]
 
 
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def best_so_far(losses: list[float]) -> list[float]:
     return list(np.minimum.accumulate(np.asarray(losses, np.float64)))
 
@@ -101,7 +111,7 @@ def main() -> None:
     lines = [
         f"# Optimizer comparison: best loss after N gradient evaluations ({args.size} px, content init)",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {st.engine.threads} threads, "
+        f"Machine: {cpu_model()}, {st.engine.threads} threads, "
         f"provider {st.engine.provider}. Same objective (loss_grad.onnx) for every row; lower is better; "
         "in brackets: ratio to torch.optim.LBFGS (tutorial settings).",
         "",

@@ -618,7 +618,7 @@ def info() -> None:
 
 
 @app.callback(invoke_without_command=True)
-def main(
+def _root(
     ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
 ) -> None:

@@ -12,7 +12,6 @@ import torch
 
 from onnxstyle.export.exporter import export
 from onnxstyle.models.vgg import VGG19
-from onnxstyle.models.weights import load_caffe
 from onnxstyle.runtime.api import PRESET_RUN, Settings, Stylizer, preset_settings
 from onnxstyle.spec import ExportSettings, preset_spec
 

