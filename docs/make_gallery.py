@@ -75,7 +75,7 @@ def main() -> None:
           + (f" --extra '{args.extra}'" if args.extra else "") + "`; each strip: content | style | onnxstyle | the",
           "neural-style reference from ../shared/images/reference (Lua Torch, 1000 L-BFGS iterations, 512 px).", ""]
     for key, shown, wall, side in rows:
-        md += [f"## {key}", "", "```bash", shown.replace(".png", ".png") , "```", "", f"{wall:.0f} s wall on this machine.", "",
+        md += [f"## {key}", "", "```bash", shown.replace(".png", ".png") , "```", "", f"{wall:.0f} s wall on this 2-core machine (other jobs were sharing it; see benchmarks/ for clean timings).", "",
                f"![{key}]({side})", ""]
     (out_dir / "README.md").write_text("\n".join(md))
 

@@ -74,3 +74,32 @@ def test_physical_cores_is_sane() -> None:
 
     n = physical_cores()
     assert 1 <= n <= (os.cpu_count() or 1)
+
+
+def test_cpu_optimized_model_is_cached_beside_the_export(caffe_export: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from onnxstyle.runtime.engine import Engine
+
+    models = tmp_path / "m"
+    shutil.copytree(caffe_export, models, ignore=shutil.ignore_patterns("optimized"))
+    x = np.full((1, 3, 40, 48), 0.5, np.float32)
+    e = Engine(models, "cpu")
+    t = e.features(x)
+    first = e.loss_grad(x, t)
+    cached = sorted((models / "optimized").glob("*.onnx"))
+    assert [p.name.split(".")[0] for p in cached] == ["features", "loss_grad"]
+    # A second engine loads the optimized copies, and computes the same thing.
+    e2 = Engine(models, "cpu")
+    assert e2._cpu_model_path("loss_grad")[1] is None
+    again = e2.loss_grad(x, e2.features(x))
+    assert again.loss == pytest.approx(first.loss, rel=1e-5)
+    # A corrupt cached copy is dropped and rebuilt from the export, not an error.
+    cached[1].write_bytes(b"garbage")
+    import os
+
+    os.utime(cached[1], (2e9, 2e9))
+    e3 = Engine(models, "cpu")
+    assert e3.loss_grad(x, e3.features(x)).loss == pytest.approx(first.loss, rel=1e-5)
