@@ -8,10 +8,11 @@ from pathlib import Path
 from ..errors import ResourceError
 from ..spec import LAYER_CHANNELS, LAYER_INDEX, LAYERS, LossSpec, layer_stride
 
-# Measured on the default export (benchmarks/README.md): peak RSS ≈ 3 × the activations of one
-# forward pass (kept for the backward, plus the backward's own buffers and layout copies)
-# + both graphs' weights + the optimizer's history.
-ACTIVATION_FACTOR = 3.0
+# Calibrated on the default export: 3 evaluations at 512x384 peak at 1290 MB
+# (benchmarks/results/speed.md), where activation_bytes (every conv and ReLU output of one
+# forward pass) is 458 MB; 600 MB + 2 × 458 MB = 1516 MB stays on the safe side of it,
+# before the optimizer's own history is added.
+ACTIVATION_FACTOR = 2.0
 BASE_BYTES = 600 * 2**20  # interpreter, onnxruntime, two sessions' weights and arenas
 
 
