@@ -134,3 +134,13 @@ def test_sweep_sheet_holds_every_panel(caffe_export: Path, tmp_path: Path) -> No
     # Different settings, different pictures; noise init looks unlike content init.
     assert np.abs(crops[0] - crops[2]).mean() > 0.02
     assert np.abs(crops[0] - crops[1]).mean() > 0.01
+
+
+def test_coarse_to_fine_is_the_default_above_512() -> None:
+    from onnxstyle.runtime.api import stage_plan, total_evaluations
+
+    assert stage_plan(Settings(size=512, iterations=300)) == [(512, 300)]
+    assert stage_plan(Settings(size=1024, iterations=300)) == [(512, 150), (1024, 300)]
+    assert stage_plan(Settings(size=1024, iterations=300, coarse_to_fine_above=0)) == [(1024, 300)]
+    assert stage_plan(Settings(size=1024, scales=(256, 1024))) == [(256, 300), (1024, 300)]
+    assert total_evaluations(Settings(size=1024, iterations=300)) == 450

@@ -70,6 +70,11 @@ class Settings:
     scales: tuple[int, ...] | None = None
     # Evaluations per stage (default: ``iterations`` for every stage).
     scale_iterations: tuple[int, ...] | None = None
+    # Above 512 px without --scales: first half the evaluations at half size, then the full
+    # ``iterations`` at full size. At 512 px a half-size stage reached the torch reference's
+    # loss in 508 s against the reference's 615 s (benchmarks/results/time_to_quality.md),
+    # and the advantage grows with size, as the coarse stage costs a quarter per evaluation.
+    coarse_to_fine_above: int = 512
     # Guided graphs for masks (set by the CLI when --mask/--masks are given).
     guided: bool = False
     device: str = "auto"
@@ -353,6 +358,8 @@ class Stylizer:
 def stage_plan(s: Settings) -> list[tuple[int, int]]:
     """(size, evaluations) per coarse-to-fine stage; the last size is the output size."""
     if not s.scales:
+        if s.coarse_to_fine_above and s.size > s.coarse_to_fine_above:
+            return [(s.size // 2, max(1, s.iterations // 2)), (s.size, s.iterations)]
         return [(s.size, s.iterations)]
     sizes = list(s.scales)
     if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 32:
