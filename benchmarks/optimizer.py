@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 from onnxstyle.runtime.api import Settings, Stylizer  # noqa: E402
 from onnxstyle.runtime.image_io import load_image, resize_longest, to_nchw  # noqa: E402
 from onnxstyle.runtime.optimize import adam, lbfgs  # noqa: E402
+from onnxstyle.runtime.providers import cpu_model  # noqa: E402
 
 CHECKPOINTS = (25, 50, 100, 200, 300, 500)
 
@@ -54,16 +54,6 @@ def torch_lbfgs(objective, x0: np.ndarray, evals: int, history: int, line_search
         if len(losses) == before:
             break
     return losses[:evals]
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def best_so_far(losses: list[float]) -> list[float]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,20 +25,11 @@ sys.path.insert(0, str(ROOT))
 from onnxstyle.runtime.api import Settings, Stylizer  # noqa: E402
 from onnxstyle.runtime.image_io import load_image, resize_longest, to_nchw  # noqa: E402
 from onnxstyle.runtime.optimize import Iterate  # noqa: E402
+from onnxstyle.runtime.providers import cpu_model  # noqa: E402
 
 
 class Reached(Exception):
     pass
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def main() -> None:

@@ -79,6 +79,20 @@ def physical_cores() -> int:
     return max(1, len(cores) or len(allowed))
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name, for benchmark reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.machine()
+
+
 def trt_options(
     cache_dir: Path, height: int, width: int, fp16: bool = False, image_input: str = "image"
 ) -> dict[str, Any]:
