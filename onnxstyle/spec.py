@@ -135,6 +135,14 @@ class LossSpec:
         s = self.style_layer_weights or tuple(1.0 / n for _ in self.style_layers)
         return {"content": dict(zip(self.content_layers, c)), "style": dict(zip(self.style_layers, s))}
 
+    def weight_defaults(self) -> dict[str, float]:
+        """Every weight input of loss_grad (named as in the graph) with its default value."""
+        lw = self.layer_weights()
+        w = {"content_weight": self.content_weight, "style_weight": self.style_weight, "tv_weight": self.tv_weight}
+        w.update({f"content_weight_{n}": float(v) for n, v in lw["content"].items()})
+        w.update({f"style_weight_{n}": float(v) for n, v in lw["style"].items()})
+        return w
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -21,7 +21,7 @@ from ..models.vgg import VGG19
 from ..models.weights import VGGWeights, load_weights
 from ..runtime.manifest import GRAPHS, MANIFEST, METADATA_KEY, default_export_dir
 from ..spec import FORMAT_VERSION, LAYER_CHANNELS, ExportSettings, LossSpec, file_sha256
-from .graphs import OPSET, Weights, build_features, build_loss_grad, weight_defaults
+from .graphs import OPSET, Weights, build_features, build_loss_grad
 from .validate import DEFAULT_SIZES, SizeReport, validate_export
 
 
@@ -56,7 +56,7 @@ def build_manifest(
     kinds = {"image": "image", "guide": "guide", "loss": "loss", "grad": "gradient"}
     kinds.update({f"content_{n}": "content target" for n in spec.content_layers})
     kinds.update({f"gram_{n}": "style target" for n in spec.style_layers})
-    defaults = weight_defaults(spec)
+    defaults = spec.weight_defaults()
     return {
         "format_version": FORMAT_VERSION,
         "onnxstyle_version": __version__,

@@ -80,14 +80,6 @@ class Weights:
     prep_b: np.ndarray
 
 
-def weight_defaults(spec: LossSpec) -> dict[str, float]:
-    lw = spec.layer_weights()
-    w = {"content_weight": spec.content_weight, "style_weight": spec.style_weight, "tv_weight": spec.tv_weight}
-    w.update({f"content_weight_{n}": float(v) for n, v in lw["content"].items()})
-    w.update({f"style_weight_{n}": float(v) for n, v in lw["style"].items()})
-    return w
-
-
 def _forward(b: _Builder, spec: LossSpec, weights: Weights, image: str) -> dict[str, str]:
     """Preprocessing and VGG19 up to the deepest tap; returns layer name → tensor ('prep' too)."""
     t = b.op("Conv", [image, b.init("prep_w", weights.prep_m[:, :, None, None]), b.init("prep_b", weights.prep_b)], "prep")
@@ -189,7 +181,7 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     """(image, targets, weights) → loss, grad = ∂loss/∂image, and each weighted term."""
     b = _Builder()
     content, style = _io_shapes(spec)
-    defaults = weight_defaults(spec)
+    defaults = spec.weight_defaults()
     weight_inputs = []
     for k, v in defaults.items():
         # An initializer that is also a graph input: fed when given, default otherwise,

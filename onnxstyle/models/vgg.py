@@ -82,7 +82,7 @@ def reference_loss(
     weights: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of README's equations, written directly in torch; returns (total, terms)."""
-    w = default_weights(spec)
+    w = spec.weight_defaults()
     w.update(weights or {})
     taps = model(image, (*spec.content_layers, *spec.style_layers))
     terms: dict[str, torch.Tensor] = {}
@@ -156,14 +156,6 @@ def _guided_err(spec: LossSpec, f: torch.Tensor, m: torch.Tensor, a: torch.Tenso
             err = err / (a[r].pow(2).mean() + 1e-8)
         total = total + err
     return total
-
-
-def default_weights(spec: LossSpec) -> dict[str, float]:
-    lw = spec.layer_weights()
-    w = {"content_weight": spec.content_weight, "style_weight": spec.style_weight, "tv_weight": spec.tv_weight}
-    w.update({f"content_weight_{n}": v for n, v in lw["content"].items()})
-    w.update({f"style_weight_{n}": v for n, v in lw["style"].items()})
-    return w
 
 
 def reference_loss_and_grad(
