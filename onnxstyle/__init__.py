@@ -1,16 +1,53 @@
-"""onnxstyle: Gatys neural style transfer from exported ONNX graphs."""
+"""onnxstyle: Gatys neural style transfer from exported ONNX graphs.
+
+``onnxstyle.stylize(content, style, size=384)`` is the one-call API: it finds (or, with
+torch installed, exports once) the graphs and runs them. For many images, keep a
+:class:`~onnxstyle.runtime.api.Stylizer` warm.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
 
+__all__ = ["stylize", "Stylizer", "RunSettings", "EngineConfig", "__version__"]
+
+
+def stylize(
+    content: Any,
+    styles: Any,
+    models: Path | str | None = None,
+    masks: Sequence[Any] | None = None,
+    preset: str = "gatys",
+    device: str = "auto",
+    **settings: Any,
+) -> Any:
+    """Stylize ``content`` (RGB float32 HxWx3 in [0,1]) with one or more style images.
+
+    Keyword arguments are :class:`RunSettings` fields; ``preset`` sets a notebook's loss and
+    run settings first. ``masks``: one greyscale mask (white: stylize) or one per style.
+    Returns the stylized RGB image, float32 in [0,1], with the longest side ``size``.
+    """
+    from .autoexport import resolve_models
+    from .runtime.api import stylize as run_stylize
+    from .runtime.settings import EngineConfig, preset_run_settings
+    from .spec import export_settings_for
+
+    ref = resolve_models(export_settings_for(preset), Path(models) if models is not None else None)
+    return run_stylize(content, styles, ref.folder, masks, EngineConfig(device=device), preset_run_settings(preset, **settings))
+
 
 def __getattr__(name: str) -> Any:
     # Lazy so that `import onnxstyle` stays cheap and torch-free; the API lives in runtime.
-    if name in ("stylize", "Stylizer", "Settings"):
-        from .runtime import api
+    if name == "Stylizer":
+        from .runtime.api import Stylizer
 
-        return getattr(api, name)
+        return Stylizer
+    if name in ("RunSettings", "EngineConfig"):
+        from .runtime import settings
+
+        return getattr(settings, name)
     raise AttributeError(name)

@@ -1,4 +1,8 @@
-"""The ``onnxstyle`` command: paths, printing and exit codes live here, nowhere else."""
+"""The ``onnxstyle`` command: paths, printing and exit codes live here, nowhere else.
+
+Options are declared once (the ``*Opt`` aliases below) and shared by every command that
+computes; their defaults come from the settings dataclasses.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import functools
 import json
 import signal
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from enum import Enum
 from importlib import resources
 from pathlib import Path
@@ -18,9 +22,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .errors import OnnxStyleError
-from .runtime.api import Settings
+from .errors import Interrupted, OnnxStyleError, OptimizationError, Terminated
+from .runtime.image_io import DEFAULT_MAX_PIXELS
 from .runtime.providers import Device
+from .runtime.settings import EngineConfig, RunSettings
 from .spec import LossSpec, preset_spec
 
 app = typer.Typer(
@@ -32,18 +37,16 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-DEFAULTS = Settings()
+RUN = RunSettings()
+ENGINE = EngineConfig()
 SPEC = LossSpec()
 DEMO_SIZE = 256  # the no-argument demo: about two minutes on two cores
 EXIT_USAGE = 2
+EXIT_FAULTS = OptimizationError.exit_code
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so the optimizer stops and the best image is kept."""
 
 
 class PresetName(str, Enum):
@@ -72,6 +75,50 @@ class OptimizerName(str, Enum):
     adam = "adam"
 
 
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+# ---- options, declared once -------------------------------------------------------------
+ModelsOpt = Annotated[Optional[Path], typer.Option(file_okay=False, help="exported models folder (default: the per-user cache)")]
+PresetOpt = Annotated[Optional[PresetName], typer.Option(help="loss definition", show_default="gatys, or what --models holds")]
+PoolingOpt = Annotated[Optional[Pooling], typer.Option(show_default=f"{SPEC.pooling}, or what --models holds")]
+WeightsOpt = Annotated[Optional[str], typer.Option(help="caffe, torchvision or a weights file", show_default="caffe, or what --models holds")]
+DeviceOpt = Annotated[Device, typer.Option(help="auto: TensorRT → CUDA → onnxruntime CPU")]
+DeviceIdOpt = Annotated[int, typer.Option(min=0, help="GPU index for cuda/tensorrt")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, show_default="one per physical core")]
+PrecisionOpt = Annotated[Precision, typer.Option(help="fp16: TensorRT half precision")]
+Fp16Opt = Annotated[bool, typer.Option("--fp16", hidden=True, help="same as --precision fp16")]
+SizeOpt = Annotated[Optional[int], typer.Option(min=32, help="longest side in px", show_default=f"{RUN.size}, or the preset's")]
+IterationsOpt = Annotated[
+    Optional[int],
+    typer.Option(min=1, help="gradient evaluations per stage (coarse-to-fine: each stage)", show_default=f"{RUN.iterations}, or the preset's"),
+]
+ContentWeightOpt = Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.content_weight:g}")]
+StyleWeightOpt = Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.style_weight:g}")]
+TvWeightOpt = Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.tv_weight:g}")]
+StyleBlendOpt = Annotated[Optional[str], typer.Option(help="weights of several styles, e.g. 0.7,0.3")]
+StyleScaleOpt = Annotated[float, typer.Option(min=0.05, help="style image size relative to --size")]
+InitOpt = Annotated[Optional[str], typer.Option(help="content, style, noise or an image path", show_default=RUN.init)]
+SeedOpt = Annotated[int, typer.Option(help="for noise init")]
+OptimizerOpt = Annotated[Optional[OptimizerName], typer.Option(show_default=f"{RUN.optimizer}, or the preset's")]
+LrOpt = Annotated[Optional[float], typer.Option(min=0, help="Adam step in \\[0,1] pixel units", show_default=f"{RUN.adam_lr:g}, or the preset's")]
+PreserveColorOpt = Annotated[
+    Optional[ColorMode], typer.Option(help="luminance: keep the content's colours; histogram: recolour the style")
+]
+ScalesOpt = Annotated[Optional[str], typer.Option(help="coarse-to-fine, longest side per stage, e.g. 256,512,1024 (the last is the output)")]
+ScaleItersOpt = Annotated[Optional[str], typer.Option(help="evaluations per stage, e.g. 300,150,50")]
+MaskOpt = Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="white: stylize, black: keep the content")]
+MasksOpt = Annotated[Optional[str], typer.Option(help="one mask per style image, comma-separated paths")]
+MaxPixelsOpt = Annotated[
+    int, typer.Option(min=1, help="refuse input images with more pixels than this (decompression bombs), before decoding")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
@@ -94,12 +141,54 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _say(quiet: bool) -> Callable[[str], None]:
+    return (lambda s: None) if quiet else (lambda s: err.print(escape(s)))
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises like Ctrl-C does, so the run stops and hands back its best image."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _interrupt_code(e: Interrupted | KeyboardInterrupt) -> int:
+    cause = e.cause if isinstance(e, Interrupted) else e
+    return EXIT_TERMINATED if isinstance(cause, Terminated) else EXIT_INTERRUPTED
+
+
 def _layers(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+def _ints(flag: str, text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise _fail(f"{flag} {text!r}: expected whole numbers like 256,512", EXIT_USAGE) from None
+
+
+def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise _fail(f"{flag} {text!r}: expected numbers like 0.7,0.3", EXIT_USAGE) from None
+
+
+# ---- export -----------------------------------------------------------------------------
 @app.command()
 @handle_errors
 def export(
@@ -117,26 +206,24 @@ def export(
     out_dir: Annotated[
         Optional[Path], typer.Option("--out", help="folder to write (default: the per-user cache)", file_okay=False)
     ] = None,
-    guided: Annotated[bool, typer.Option(help="guided Grams for --mask/--masks (Gatys et al. 2017)")] = False,
-    validate: Annotated[bool, typer.Option(help="compare with torch autograd at two sizes")] = True,
+    validate: Annotated[bool, typer.Option(help="compare every output with torch autograd at two sizes")] = True,
 ) -> None:
-    """Export VGG19 features and the loss gradient to ONNX (needs torch: pip install 'onnxstyle[export]')."""
+    """Export VGG19 features and the loss gradient to ONNX (needs torch: pip install 'onnxstyle[export]').
+
+    One export serves every command and control, masks included."""
+    from .autoexport import torch_available
     from .errors import MissingDependencyError
-    from .runtime.api import torch_available
+    from .spec import export_settings_for
 
     if not torch_available():
         raise MissingDependencyError("export needs torch: pip install 'onnxstyle[export]'")
     from .export.exporter import export as do_export
-    from .runtime.api import preset_settings
-    from .spec import ExportSettings, canonical_preset
 
-    chosen = preset_settings(preset.value, log=lambda s: err.print(escape(s)), weights=weights)
-    spec = preset_spec(preset.value).replace(pooling=pooling.value, guided=guided)
+    settings = export_settings_for(preset.value, pooling.value, weights, log=lambda s: err.print(escape(s)))
     if content_layers is not None:
-        spec = spec.replace(content_layers=_layers(content_layers), content_layer_weights=())
+        settings = settings.replace(spec=settings.spec.replace(content_layers=_layers(content_layers), content_layer_weights=()))
     if style_layers is not None:
-        spec = spec.replace(style_layers=_layers(style_layers), style_layer_weights=())
-    settings = ExportSettings(spec, canonical_preset(preset.value), chosen.weights)
+        settings = settings.replace(spec=settings.spec.replace(style_layers=_layers(style_layers), style_layer_weights=()))
     with err.status("exporting…"):
         result = do_export(settings, out_dir, validate=validate, log=lambda s: err.print(f"  {escape(s)}"))
     for r in result.reports:
@@ -149,227 +236,38 @@ def export(
     )
 
 
-def _demo_images() -> tuple[Path, Path]:
-    base = resources.files("onnxstyle") / "data"
-    return Path(str(base / "tubingen.jpg")), Path(str(base / "starry_night.jpg"))
-
-
-def _fmt_terms(terms: dict[str, float]) -> str:
-    c = sum(v for k, v in terms.items() if k.startswith("loss_content"))
-    s = sum(v for k, v in terms.items() if k.startswith("loss_style"))
-    t = terms.get("loss_tv", 0.0)
-    return f"content {c:.3g} style {s:.3g}" + (f" tv {t:.3g}" if t else "")
-
-
-def _duration(sec: float) -> str:
-    return f"{sec:.1f}s" if sec < 60 else f"{int(sec // 60)}m{int(sec % 60):02d}s"
-
-
-@app.command()
-@handle_errors
-def stylize(
-    content: Annotated[
-        Optional[Path],
-        typer.Argument(exists=True, dir_okay=False, help="content image (default: the bundled Tübingen photo)"),
-    ] = None,
-    styles: Annotated[
-        Optional[list[Path]],
-        typer.Argument(exists=True, dir_okay=False, help="one or more style images (default: The Starry Night)"),
-    ] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help=".png, .jpg or .webp")] = Path("stylized.png"),
-    size: Annotated[
-        Optional[int],
-        typer.Option(min=32, help="longest side in px", show_default=f"{DEFAULTS.size}; {DEMO_SIZE} for the demo; the preset's"),
-    ] = None,
-    iterations: Annotated[
-        Optional[int], typer.Option(min=1, help="gradient evaluations", show_default=f"{DEFAULTS.iterations} or the preset's")
-    ] = None,
-    content_weight: Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.content_weight:g}")] = None,
-    style_weight: Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.style_weight:g}")] = None,
-    tv_weight: Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.tv_weight:g}")] = None,
-    style_blend: Annotated[Optional[str], typer.Option(help="weights of several styles, e.g. 0.7,0.3")] = None,
-    style_scale: Annotated[float, typer.Option(min=0.05, help="style image size relative to --size")] = DEFAULTS.style_scale,
-    init: Annotated[str, typer.Option(help="content, style, noise or an image path")] = DEFAULTS.init,
-    seed: Annotated[int, typer.Option(help="for noise init")] = DEFAULTS.seed,
-    optimizer: Annotated[
-        Optional[OptimizerName], typer.Option(show_default=f"{DEFAULTS.optimizer} or the preset's")
-    ] = None,
-    lr: Annotated[
-        Optional[float], typer.Option(min=0, help="Adam step in \\[0,1] pixel units", show_default=f"{DEFAULTS.adam_lr:g} or the preset's")
-    ] = None,
-    device: Annotated[Device, typer.Option()] = Device(DEFAULTS.device),
-    fp16: Annotated[bool, typer.Option(help="TensorRT half precision")] = DEFAULTS.fp16,
-    preset: Annotated[
-        Optional[PresetName], typer.Option(help="export to use", show_default=f"{DEFAULTS.preset}, or what --models holds")
-    ] = None,
-    pooling: Annotated[
-        Optional[Pooling], typer.Option(show_default=f"{DEFAULTS.pooling}, or what --models holds")
-    ] = None,
-    weights: Annotated[
-        Optional[str], typer.Option(help="caffe, torchvision or a file", show_default=f"{DEFAULTS.weights}, or what --models holds")
-    ] = None,
-    models: Annotated[
-        Optional[Path], typer.Option(file_okay=False, help="exported models folder (default: the per-user cache)")
-    ] = None,
-    preserve_color: Annotated[
-        Optional[ColorMode], typer.Option(help="luminance: keep the content's colours; histogram: recolour the style")
-    ] = None,
-    scales: Annotated[
-        Optional[str], typer.Option(help="coarse-to-fine, longest side per stage, e.g. 256,512,1024 (the last is the output)")
-    ] = None,
-    scale_iterations: Annotated[Optional[str], typer.Option(help="evaluations per stage, e.g. 300,150,50")] = None,
-    mask: Annotated[
-        Optional[Path], typer.Option(exists=True, dir_okay=False, help="white: stylize, black: keep the content")
-    ] = None,
-    masks: Annotated[Optional[str], typer.Option(help="one mask per style image, comma-separated paths")] = None,
-    save_every: Annotated[int, typer.Option(min=0, help="write an intermediate image every N evaluations")] = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")] = False,
-) -> None:
-    """Stylize CONTENT with STYLE(s); with no arguments, the bundled Tübingen × Starry Night demo."""
-    from .runtime.api import Stylizer, preset_settings
-    from .runtime.image_io import check_output_path, fit_size, from_nchw, load_image, save_image
-    from .runtime.memory import check_fits
-
-    demo = content is None
-    if demo:
-        if styles:
-            raise _fail("give a content image before the style images", EXIT_USAGE)
-        content, style = _demo_images()
-        styles = [style]
-    elif not styles:
-        raise _fail("give at least one style image after the content image", EXIT_USAGE)
-    assert content is not None and styles is not None
-    blend = None
-    if style_blend is not None:
-        try:
-            blend = tuple(float(x) for x in style_blend.split(","))
-        except ValueError:
-            raise _fail(f"--style-blend {style_blend!r}: expected numbers like 0.7,0.3", EXIT_USAGE) from None
-        if len(blend) != len(styles):
-            raise _fail(f"--style-blend has {len(blend)} weights for {len(styles)} style images", EXIT_USAGE)
-    init_path = None
-    if init not in ("content", "style", "noise"):
-        init_path = Path(init)
-        if not init_path.is_file():
-            raise _fail(f"--init {init}: not content, style, noise or an existing image file", EXIT_USAGE)
-    mask_paths = _mask_paths(mask, masks, len(styles))
-    stage_sizes = _ints("--scales", scales)
-    stage_its = _ints("--scale-iterations", scale_iterations)
-    say = (lambda s: None) if quiet else (lambda s: err.print(escape(s)))
-    preset_name = preset.value if preset else _models_preset(models) or DEFAULTS.preset
-    settings = preset_settings(
-        preset_name,
-        log=say,
-        size=size or (DEMO_SIZE if demo and preset is None else None),
-        iterations=iterations,
-        content_weight=content_weight,
-        style_weight=style_weight,
-        tv_weight=tv_weight,
-        style_blend=blend,
-        style_scale=style_scale,
-        init=init,
-        seed=seed,
-        optimizer=optimizer.value if optimizer else None,
-        adam_lr=lr,
-        device=device.value,
-        fp16=fp16,
-        pooling=pooling.value if pooling else None,
-        weights=weights,
-        preserve_color=preserve_color.value if preserve_color else None,
-        scales=stage_sizes,
-        scale_iterations=stage_its,
-        guided=bool(mask_paths) or None,
-    )
-    if stage_sizes and size is not None and size != stage_sizes[-1]:
-        raise _fail(f"--size {size} differs from the last of --scales ({stage_sizes[-1]})", EXIT_USAGE)
-    if stage_sizes:
-        settings = settings.replace(size=stage_sizes[-1])
-    from .runtime.api import stage_plan
-
-    stage_plan(settings)  # a usage error now rather than after the images are loaded
-    # Only what the user asked for is checked against a given models folder.
-    expect = {k: v for k, v in (("preset", preset and preset.value), ("pooling", pooling and pooling.value), ("weights", weights)) if v}
-    inputs = [content, *styles, *mask_paths] + ([init_path] if init_path else [])
-    check_output_path(output, inputs)
-
-    if demo:
-        say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
-    # Decode no more than needed: a 12000-px JPEG is read at 1/8 scale when that suffices.
-    content_rgb, alpha = load_image(content, reduce_to=settings.size)
-    stylizer = Stylizer(settings, models, log=say, expect=expect)
-    # Refuse a size that cannot fit before allocating anything of that size.
-    h, w = fit_size(content_rgb.shape[0], content_rgb.shape[1], settings.size, settings.fit)
-    check_fits(stylizer.engine.manifest.spec, h, w, settings.optimizer, settings.lbfgs_history)
-    style_side = max(32, round(settings.size * settings.style_scale))
-    style_rgbs = [load_image(p, max_side=style_side)[0] for p in styles]
-    init_rgb = load_image(init_path, max_side=settings.size)[0] if init_path else None
-    mask_arrays = [load_image(p, max_side=settings.size)[0].mean(axis=2) for p in mask_paths] or None
-
-    say(f"device: {stylizer.engine.provider} ({stylizer.engine.threads} threads), models: {stylizer.engine.folder}")
-
-    received: list[int] = []
-
-    def on_term(signum: int, frame: Any) -> None:
-        received.append(signum)
-        raise Terminated()
-
-    old_term = signal.signal(signal.SIGTERM, on_term)
-    stem = output.with_suffix("")
-    meta_base = {
-        "onnxstyle": __version__,
-        "content": str(content),
-        "styles": [str(s) for s in styles],
-        "settings": {k: v for k, v in settings.__dict__.items()},
-        "models": str(stylizer.engine.folder),
-        "provider": stylizer.engine.provider,
-    }
-
-    def save_every_cb(it: Any) -> None:
-        if save_every and it.step % save_every == 0:
-            p = Path(f"{stem}_{it.step:05d}{output.suffix}")
-            meta = {**meta_base, "evaluations": it.step, "loss": it.loss}
-            save_image(p, from_nchw(it.image), _alpha_for(alpha, it.image), {"onnxstyle": json.dumps(meta)})
-
-    t0 = time.perf_counter()
-    try:
-        if quiet:
-            result = stylizer.run(content_rgb, style_rgbs, settings, save_every_cb, init_rgb, masks=mask_arrays)
-        else:
-            result = _run_with_progress(stylizer, content_rgb, style_rgbs, settings, save_every_cb, init_rgb, mask_arrays)
-    finally:
-        signal.signal(signal.SIGTERM, old_term)
-    interrupted = result.interrupted
-    meta = {
-        **meta_base,
-        "evaluations": result.evaluations,
-        "loss": result.loss,
-        "terms": result.terms,
-        "interrupted": interrupted,
-        "error": result.error,
-    }
-    image = from_nchw(result.image)
-    save_image(output, image, _alpha_for(alpha, result.image), {"onnxstyle": json.dumps(meta)})
-    wall = time.perf_counter() - t0
-    h, w = image.shape[:2]
-    say(
-        f"wrote {output} ({w}x{h}): {result.evaluations} evaluations in {_duration(wall)} "
-        f"({result.evaluations / max(result.elapsed, 1e-9):.2f}/s), loss {result.loss:.4g} ({_fmt_terms(result.terms)})"
-    )
-    if result.error:
-        raise _fail(f"{result.error}; kept the best image in {output}", 9)
-    if interrupted:
-        code = EXIT_TERMINATED if received else EXIT_INTERRUPTED
-        say(f"interrupted: wrote the best image so far to {output}")
-        raise typer.Exit(code)
-
-
-def _ints(flag: str, text: str | None) -> tuple[int, ...] | None:
-    if text is None:
+# ---- shared plumbing of the commands that compute -------------------------------------------
+def _models_preset(models: Path | None) -> str | None:
+    """The preset a given models folder was exported with: its run settings then apply."""
+    if models is None:
         return None
     try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise _fail(f"{flag} {text!r}: expected whole numbers like 256,512", EXIT_USAGE) from None
+        return str(json.loads((models / "manifest.json").read_text())["preset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the models check that follows reports what is wrong
+
+
+def _engine_config(device: Device, device_id: int, threads: int | None, precision: Precision, fp16: bool) -> EngineConfig:
+    if fp16 and precision not in (Precision.auto, Precision.fp16):
+        raise _fail(f"--fp16 contradicts --precision {precision.value}", EXIT_USAGE)
+    return EngineConfig(device.value, device_id, threads, "fp16" if fp16 else precision.value)
+
+
+def _open_stylizer(
+    preset: str, pooling: str | None, weights: str | None, models: Path | None, config: EngineConfig, say: Callable[[str], None]
+) -> Any:
+    """A warm stylizer for these export settings (exported once on first use where torch is
+    installed); a given models folder is checked against what was asked explicitly."""
+    from .autoexport import resolve_models
+    from .contract import check_matches
+    from .runtime.api import Stylizer
+    from .spec import export_settings_for
+
+    ref = resolve_models(export_settings_for(preset, pooling, weights, log=say), models, log=say)
+    stylizer = Stylizer(ref.folder, config, ref.fix)
+    if ref.given:
+        check_matches(stylizer.engine.manifest, ref.fix, preset=preset if preset != _models_preset(models) else None, pooling=pooling, weights=weights)
+    return stylizer
 
 
 def _mask_paths(mask: Path | None, masks: str | None, n_styles: int) -> list[Path]:
@@ -388,53 +286,133 @@ def _mask_paths(mask: Path | None, masks: str | None, n_styles: int) -> list[Pat
     return paths
 
 
-def _models_preset(models: Path | None) -> str | None:
-    """The preset a given models folder was exported with: its run settings then apply."""
-    if models is None:
+def _init_path(init: str | None) -> Path | None:
+    if init is None or init in ("content", "style", "noise"):
         return None
-    try:
-        return str(json.loads((models / "manifest.json").read_text())["preset"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # the models check that follows reports what is wrong
+    p = Path(init)
+    if not p.is_file():
+        raise _fail(f"--init {init}: not content, style, noise or an existing image file", EXIT_USAGE)
+    return p
 
 
-def _alpha_for(alpha: Any, image: Any) -> Any:
-    if alpha is None:
-        return None
-    from .runtime.image_io import resize_to
-
-    return resize_to(alpha, image.shape[2], image.shape[3])
+def _demo_images() -> tuple[Path, Path]:
+    base = resources.files("onnxstyle") / "data"
+    return Path(str(base / "tubingen.jpg")), Path(str(base / "starry_night.jpg"))
 
 
-def _run_with_progress(
-    stylizer: Any, content: Any, styles: Any, settings: Settings, extra: Any, init: Any, masks: Any = None
-) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def _duration(sec: float) -> str:
+    return f"{sec:.1f}s" if sec < 60 else f"{int(sec // 60)}m{int(sec % 60):02d}s"
 
-    columns = (
-        TextColumn("[bold]stylizing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[terms]}"),
+
+# ---- stylize ----------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def stylize(
+    content: Annotated[
+        Optional[Path], typer.Argument(exists=True, dir_okay=False, help="content image (default: the bundled Tübingen photo)")
+    ] = None,
+    styles: Annotated[
+        Optional[list[Path]], typer.Argument(exists=True, dir_okay=False, help="one or more style images (default: The Starry Night)")
+    ] = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help=".png, .jpg or .webp")] = Path("stylized.png"),
+    size: SizeOpt = None,
+    iterations: IterationsOpt = None,
+    content_weight: ContentWeightOpt = None,
+    style_weight: StyleWeightOpt = None,
+    tv_weight: TvWeightOpt = None,
+    style_blend: StyleBlendOpt = None,
+    style_scale: StyleScaleOpt = RUN.style_scale,
+    init: InitOpt = None,
+    seed: SeedOpt = RUN.seed,
+    optimizer: OptimizerOpt = None,
+    lr: LrOpt = None,
+    preserve_color: PreserveColorOpt = None,
+    scales: ScalesOpt = None,
+    scale_iterations: ScaleItersOpt = None,
+    mask: MaskOpt = None,
+    masks: MasksOpt = None,
+    preset: PresetOpt = None,
+    pooling: PoolingOpt = None,
+    weights: WeightsOpt = None,
+    models: ModelsOpt = None,
+    device: DeviceOpt = Device(ENGINE.device),
+    device_id: DeviceIdOpt = ENGINE.device_id,
+    threads: ThreadsOpt = None,
+    precision: PrecisionOpt = Precision(ENGINE.precision),
+    fp16: Fp16Opt = False,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    save_every: Annotated[int, typer.Option(min=0, help="write an intermediate image every N evaluations")] = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Stylize CONTENT with STYLE(s); with no arguments, the bundled Tübingen × Starry Night demo."""
+    from .runtime.settings import preset_run_settings
+    from .jobs import StylizeJob
+
+    demo = content is None
+    if demo:
+        if styles:
+            raise _fail("give a content image before the style images", EXIT_USAGE)
+        content, style = _demo_images()
+        styles = [style]
+    elif not styles:
+        raise _fail("give at least one style image after the content image", EXIT_USAGE)
+    assert content is not None and styles is not None
+    say = _say(quiet)
+    preset_name = preset.value if preset else _models_preset(models) or "gatys"
+    stage_sizes = _ints("--scales", scales)
+    if stage_sizes and size is not None and size != stage_sizes[-1]:
+        raise _fail(f"--size {size} differs from the last of --scales ({stage_sizes[-1]})", EXIT_USAGE)
+    init_path = _init_path(init)
+    settings = preset_run_settings(
+        preset_name,
+        size=(stage_sizes[-1] if stage_sizes else size) or (DEMO_SIZE if demo and preset is None else None),
+        iterations=iterations, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+        style_blend=_floats("--style-blend", style_blend), style_scale=style_scale,
+        init="image" if init_path else init, seed=seed, optimizer=optimizer.value if optimizer else None, adam_lr=lr,
+        preserve_color=preserve_color.value if preserve_color else None, scales=stage_sizes,
+        scale_iterations=_ints("--scale-iterations", scale_iterations),
     )
-    with Progress(*columns, console=err, transient=False) as progress:
-        from .runtime.api import total_evaluations
+    if settings.style_blend and len(settings.style_blend) != len(styles):
+        raise _fail(f"--style-blend has {len(settings.style_blend)} weights for {len(styles)} style images", EXIT_USAGE)
+    settings.stages()  # a usage error now rather than after the images are loaded
+    job = StylizeJob(content, list(styles), output, settings, _mask_paths(mask, masks, len(styles)), init_path, max_pixels, save_every)
+    job.check_paths()
+    if demo:
+        say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
+    config = _engine_config(device, device_id, threads, precision, fp16)
+    stylizer = _open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
+    # Refuse a size that cannot fit before anything of that size is allocated.
+    job.check_memory(stylizer)
+    job.load_images()
+    say(f"device: {stylizer.engine.provider} ({stylizer.engine.threads} threads), models: {stylizer.engine.folder}")
+    _finish_stylize(job, stylizer, quiet, say)
 
-        task = progress.add_task("stylize", total=total_evaluations(settings), rate="", terms="")
 
-        def cb(it: Any) -> None:
-            rate = f"{it.step / max(it.elapsed, 1e-9):.2f} it/s"
-            progress.update(task, completed=it.step, rate=rate, terms=f"loss {it.loss:.4g} ({_fmt_terms(it.terms)})")
-            extra(it)
+def _finish_stylize(job: Any, stylizer: Any, quiet: bool, say: Callable[[str], None]) -> None:
+    """Run with progress, write the image (also when interrupted or stopped by faults), exit."""
+    from .progress import ProgressView, terms_text
 
-        return stylizer.run(content, styles, settings, cb, init, masks=masks)
+    try:
+        with _sigterm_as_interrupt(), ProgressView(err, job.settings.total_evaluations(), "stylizing", quiet) as view:
+            result = job.run(stylizer, view)
+    except Interrupted as e:
+        if e.partial is None:
+            say("interrupted before the first evaluation: nothing written")
+            raise typer.Exit(_interrupt_code(e)) from None
+        job.save(e.partial)
+        say(f"interrupted: wrote the best image so far ({e.partial.evaluations} evaluations) to {job.output}")
+        raise typer.Exit(_interrupt_code(e)) from None
+    job.save(result)
+    say(
+        f"wrote {job.output} ({job.width}x{job.height}): {result.evaluations} evaluations in {_duration(result.elapsed)} "
+        f"({result.evaluations / max(result.elapsed, 1e-9):.2f}/s), loss {result.loss:.4g} ({terms_text(result.terms)})"
+    )
+    if result.error:
+        raise _fail(f"{result.error}; kept the best image in {job.output}", EXIT_FAULTS)
 
 
-# What `sweep --vary` can vary: CLI name → (Settings field, type).
+# ---- sweep ------------------------------------------------------------------------------
+# What `sweep --vary` can vary: CLI name → (RunSettings field, or preset/pooling, and type).
 VARYABLE: dict[str, tuple[str, type]] = {
     "style-weight": ("style_weight", float),
     "content-weight": ("content_weight", float),
@@ -452,31 +430,22 @@ VARYABLE: dict[str, tuple[str, type]] = {
 }
 
 
-SWEEP_MIN_PANEL = 240  # px: the narrowest panel whose label stays legible
-
-
 def _parse_vary(items: list[str]) -> list[tuple[str, list[Any]]]:
     if not items or len(items) > 2:
         raise _fail("give one or two --vary NAME=v1,v2,... (columns, then rows)", EXIT_USAGE)
-    out = []
+    axes = []
     for item in items:
         name, _, values = item.partition("=")
         name = name.strip().replace("_", "-")
         if name not in VARYABLE or not values:
             raise _fail(f"--vary {item!r}: expected NAME=v1,v2 with NAME one of {', '.join(VARYABLE)}", EXIT_USAGE)
-        _, kind = VARYABLE[name]
+        kind = VARYABLE[name][1]
         try:
-            vals = [kind(v.strip()) if kind is not float else float(v.strip()) for v in values.split(",") if v.strip()]
+            vals = [kind(v.strip()) for v in values.split(",") if v.strip()]
         except ValueError:
             raise _fail(f"--vary {item!r}: {name} takes {kind.__name__} values", EXIT_USAGE) from None
-        out.append((name, vals))
-    return out
-
-
-def _fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
+        axes.append((name, vals))
+    return axes
 
 
 @app.command()
@@ -488,118 +457,86 @@ def sweep(
     vary: Annotated[list[str], typer.Option(help="NAME=v1,v2,...: the first gives the columns, a second the rows")],
     size: Annotated[Optional[int], typer.Option(min=32, help="longest side of each panel", show_default="256")] = None,
     iterations: Annotated[Optional[int], typer.Option(min=1, help="evaluations per panel", show_default="the preset's")] = None,
-    content_weight: Annotated[Optional[float], typer.Option(min=0)] = None,
-    style_weight: Annotated[Optional[float], typer.Option(min=0)] = None,
-    tv_weight: Annotated[Optional[float], typer.Option(min=0)] = None,
+    content_weight: ContentWeightOpt = None,
+    style_weight: StyleWeightOpt = None,
+    tv_weight: TvWeightOpt = None,
     init: Annotated[Optional[str], typer.Option(help="content, style or noise")] = None,
-    seed: Annotated[int, typer.Option()] = DEFAULTS.seed,
-    optimizer: Annotated[Optional[OptimizerName], typer.Option()] = None,
-    preserve_color: Annotated[Optional[ColorMode], typer.Option()] = None,
-    preset: Annotated[PresetName, typer.Option()] = PresetName.gatys,
-    pooling: Annotated[Optional[Pooling], typer.Option()] = None,
-    weights: Annotated[Optional[str], typer.Option()] = None,
-    device: Annotated[Device, typer.Option()] = Device(DEFAULTS.device),
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    seed: SeedOpt = RUN.seed,
+    optimizer: OptimizerOpt = None,
+    preserve_color: PreserveColorOpt = None,
+    preset: PresetOpt = None,
+    pooling: PoolingOpt = None,
+    weights: WeightsOpt = None,
+    models: ModelsOpt = None,
+    device: DeviceOpt = Device(ENGINE.device),
+    device_id: DeviceIdOpt = ENGINE.device_id,
+    threads: ThreadsOpt = None,
+    precision: PrecisionOpt = Precision(ENGINE.precision),
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    quiet: QuietOpt = False,
 ) -> None:
     """Run a grid of settings and write one labelled contact sheet."""
-    import itertools
-
-    from .runtime.api import Stylizer, preset_settings, total_evaluations
-    from .runtime.image_io import check_output_path, from_nchw, load_image, save_image
-    from .runtime.sheet import contact_sheet
+    from .jobs import SweepJob
 
     axes = _parse_vary(vary)
-    check_output_path(output, [content, style])
-    say = (lambda s: None) if quiet else (lambda s: err.print(escape(s)))
+    if models is not None and any(name in ("preset", "pooling") for name, _ in axes):
+        raise _fail("--vary preset/pooling needs the cache (one export each), not one --models folder", EXIT_USAGE)
+    say = _say(quiet)
     explicit = {
-        "size": size or 256,
-        "iterations": iterations,
-        "content_weight": content_weight,
-        "style_weight": style_weight,
-        "tv_weight": tv_weight,
-        "init": init,
-        "seed": seed,
-        "optimizer": optimizer.value if optimizer else None,
+        "size": size or 256, "iterations": iterations, "content_weight": content_weight, "style_weight": style_weight,
+        "tv_weight": tv_weight, "init": init, "seed": seed, "optimizer": optimizer.value if optimizer else None,
         "preserve_color": preserve_color.value if preserve_color else None,
-        "pooling": pooling.value if pooling else None,
-        "weights": weights,
-        "device": device.value,
     }
-    grid = list(itertools.product(*[vals for _, vals in axes]))
-    plans = []
-    for combo in grid:
-        changes = dict(explicit)
-        name_preset = preset.value
-        for (name, _), value in zip(axes, combo):
-            field = VARYABLE[name][0]
-            if field == "preset":
-                name_preset = value
-            else:
-                changes[field] = value
-        plans.append((combo, preset_settings(name_preset, log=say, **changes)))
-    content_rgb, _ = load_image(content, reduce_to=max(p.size for _, p in plans))
-    style_rgb, _ = load_image(style)
-    stylizers: dict[Any, Any] = {}
-    panels, labels = [], []
-    total = sum(total_evaluations(p) for _, p in plans)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    base_preset = preset.value if preset else _models_preset(models) or "gatys"
+    job = SweepJob(content, style, output, axes, explicit, base_preset, pooling and pooling.value, max_pixels, VARYABLE)
+    job.check_paths()
+    config = _engine_config(device, device_id, threads, precision, False)
+    job.load_images()
 
-    with Progress(
-        TextColumn("[bold]sweep"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[panel]}"),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=err, disable=quiet,
-    ) as progress:
-        task = progress.add_task("sweep", total=total, panel="")
-        done = 0
-        for combo, settings in plans:
-            label = ", ".join(f"{name}={_fmt_value(v)}" for (name, _), v in zip(axes, combo))
-            key = settings.export_settings().key()
-            if key not in stylizers:
-                stylizers[key] = Stylizer(settings, log=say)
-            progress.update(task, panel=label)
-            base = done
+    def open_stylizer(preset_name: str, pool: str | None) -> Any:
+        return _open_stylizer(preset_name, pool, weights, models, config, say)
 
-            def cb(it: Any, base: int = base) -> None:
-                progress.update(task, completed=base + it.step)
+    from .progress import ProgressView
 
-            result = stylizers[key].run(content_rgb, [style_rgb], settings, cb)
-            done += total_evaluations(settings)
-            progress.update(task, completed=done)
-            panels.append(from_nchw(result.image))
-            labels.append(f"{label}  loss {result.loss:.3g}")
-    # Small panels are enlarged (nearest neighbour: pixels stay honest) so labels fit.
-    if panels[0].shape[1] < SWEEP_MIN_PANEL:
-        import cv2
-
-        k = -(-SWEEP_MIN_PANEL // panels[0].shape[1])
-        panels = [cv2.resize(p, (p.shape[1] * k, p.shape[0] * k), interpolation=cv2.INTER_NEAREST) for p in panels]
-    columns = len(axes[0][1])
-    title = f"{content.name} x {style.name}: preset {preset.value}, {explicit['size']} px"
-    col_labels = [f"{axes[0][0]}={_fmt_value(v)}" for v in axes[0][1]]
-    row_labels = [f"{axes[1][0]}={_fmt_value(v)}" for v in axes[1][1]] if len(axes) > 1 else None
-    sheet = contact_sheet(panels, labels, columns, title=title, row_labels=row_labels, col_labels=col_labels)
-    meta = {"onnxstyle": __version__, "content": str(content), "style": str(style), "vary": vary, "panels": labels}
-    save_image(output, sheet, text={"onnxstyle": json.dumps(meta)})
-    say(f"wrote {output}: {len(panels)} panels, {total} evaluations")
+    code = 0
+    try:
+        with _sigterm_as_interrupt(), ProgressView(err, job.total_evaluations(), "sweep", quiet) as view:
+            job.run(open_stylizer, view)
+    except Interrupted as e:
+        code = _interrupt_code(e)
+    if not job.panels:
+        say("interrupted before the first panel: nothing written")
+        raise typer.Exit(code or EXIT_INTERRUPTED)
+    job.save()
+    say(f"wrote {output}: {len(job.panels)} of {len(job.plans)} panels, {job.evaluations} evaluations")
+    if code:
+        say("interrupted: the sheet holds the panels that were done")
+        raise typer.Exit(code)
+    if job.failed:
+        raise _fail(f"{len(job.failed)} panel(s) stopped after repeated numerical faults: {'; '.join(job.failed)}", EXIT_FAULTS)
 
 
+# ---- info -------------------------------------------------------------------------------
 @app.command()
 @handle_errors
 def info() -> None:
-    """Versions, execution providers, and the exports in the cache."""
-    from .runtime.engine import import_ort
-    from .runtime.manifest import cache_root
-    from .runtime.providers import physical_cores, select_providers
+    """Versions, backends and devices, and the exports in the cache."""
+    from .contract import cache_root
+    from .runtime.backends import available_backends, select_backend
 
     out.print(f"onnxstyle {__version__}, Python {sys.version.split()[0]}")
+    avail = available_backends()
+    if avail.ort_providers:
+        import onnxruntime
+
+        out.print(f"onnxruntime {onnxruntime.__version__}: {', '.join(avail.ort_providers)}")
+    else:
+        out.print("onnxruntime: not installed (pip install 'onnxstyle[cpu]')")
     try:
-        ort = import_ort()
-        avail = ort.get_available_providers()
-        out.print(f"onnxruntime {ort.__version__}")
-        out.print(f"available providers: {', '.join(avail)}")
-        out.print(f"selected (--device auto): {select_providers(avail, Device.auto)[0]}, {physical_cores()} CPU threads")
+        choice = select_backend(avail, EngineConfig())
+        out.print(f"selected (--device auto): {choice.describe()}, {choice.threads} threads")
     except OnnxStyleError as e:
-        out.print(f"onnxruntime: not installed ({e})")
+        out.print(f"selected (--device auto): none ({e})")
     root = cache_root() / "exports"
     out.print(f"export cache: {root}")
     found = sorted(p for p in root.glob("*") if (p / "manifest.json").is_file()) if root.is_dir() else []
@@ -657,9 +594,9 @@ def main() -> None:
         sys.exit(code)
     except typer.Exit as e:
         sys.exit(getattr(e, "exit_code", 0))
-    except (typer.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt) as e:
         err.print("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

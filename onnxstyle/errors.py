@@ -61,3 +61,22 @@ class ResourceError(OnnxStyleError):
     """The working set of a run would not fit in this machine's memory."""
 
     exit_code = 11
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM, delivered as a KeyboardInterrupt) stopped a run.
+
+    A KeyboardInterrupt, so nothing that does not know this type can swallow it by
+    accident; it carries the best result so far (``partial``, None when the run had not
+    evaluated anything yet) and the interrupt that caused it (``cause``), so the caller
+    can keep the image and choose the exit code.
+    """
+
+    def __init__(self, partial: object | None, cause: BaseException | None = None) -> None:
+        super().__init__("interrupted")
+        self.partial = partial
+        self.cause = cause
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by a signal handler that a program (the CLI, a worker) installs."""

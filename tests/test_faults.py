@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from onnxstyle.errors import ResourceError
-from onnxstyle.runtime.api import Settings, Stylizer
+from onnxstyle.runtime.api import Stylizer
+from onnxstyle.runtime.settings import RunSettings
 from onnxstyle.runtime.image_io import read_png_text
 from onnxstyle.runtime.memory import check_fits, working_set_bytes
 from onnxstyle.spec import LossSpec
@@ -163,7 +164,7 @@ def test_kill_never_leaves_a_truncated_output(caffe_export: Path, tmp_path: Path
 
 
 def test_injected_faults_roll_back_and_keep_pixels_finite(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
-    s = Settings(size=48, iterations=30)
+    s = RunSettings(size=48, iterations=30)
     calls = {"n": 0}
 
     def inject(x: np.ndarray, loss: float, grad: np.ndarray) -> tuple[float, np.ndarray]:
@@ -175,19 +176,19 @@ def test_injected_faults_roll_back_and_keep_pixels_finite(caffe_export: Path, tu
             loss = float("inf")
         return loss, grad
 
-    r = Stylizer(s, caffe_export).run(tubingen, [starry], s, objective_hook=inject)
+    r = Stylizer(caffe_export).run(tubingen, [starry], s, objective_hook=inject)
     assert r.faults == 3 and r.error is None and r.evaluations == 30
     assert np.isfinite(r.image).all()
     assert r.loss < r.history[0]
 
 
 def test_repeated_faults_stop_with_message_but_write_the_image(caffe_export: Path, tmp_path: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
-    s = Settings(size=48, iterations=40)
+    s = RunSettings(size=48, iterations=40)
 
     def always_nan_after_8(x: np.ndarray, loss: float, grad: np.ndarray, n=[0]) -> tuple[float, np.ndarray]:  # noqa: B006
         n[0] += 1
         return (loss if n[0] <= 8 else float("nan")), grad
 
-    r = Stylizer(s, caffe_export).run(tubingen, [starry], s, objective_hook=always_nan_after_8)
+    r = Stylizer(caffe_export).run(tubingen, [starry], s, objective_hook=always_nan_after_8)
     assert r.error is not None and "faults" in r.error
     assert np.isfinite(r.image).all() and r.loss == min(r.history)

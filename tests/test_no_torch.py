@@ -13,7 +13,8 @@ import onnxstyle
 from helpers import DATA, cli_env
 
 PKG = Path(onnxstyle.__file__).parent
-TORCH_FREE = [*sorted((PKG / "runtime").glob("*.py")), PKG / "cli.py", PKG / "spec.py", PKG / "errors.py", PKG / "__init__.py"]
+# Everything but models/ and export/ (which need torch by design).
+TORCH_FREE = sorted(p for p in PKG.rglob("*.py") if p.relative_to(PKG).parts[0] not in ("models", "export"))
 
 BLOCK = """
 import sys
@@ -51,6 +52,33 @@ def test_no_module_level_torch_import() -> None:
         imports = _module_level_imports(ast.parse(path.read_text()))
         bad = [m for m in imports if m == "torch" or m.startswith("torch.") or ".models" in m or ".export" in m or m in ("models", "export")]
         assert not bad, f"{path.name} imports {bad} at module level"
+
+
+def _all_imports(tree: ast.Module) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.append(("." * node.level) + (node.module or ""))
+    return names
+
+
+def test_runtime_never_imports_export_nor_torch_anywhere() -> None:
+    """Not even lazily inside a function: auto-export lives outside runtime/."""
+    files = sorted((PKG / "runtime").rglob("*.py"))
+    assert len(files) > 5
+    for path in files:
+        for m in _all_imports(ast.parse(path.read_text())):
+            bare = m.lstrip(".")
+            assert not (bare == "torch" or bare.startswith("torch.")), f"{path.name} imports {m}"
+            assert "export" not in bare.split(".") and "models" not in bare.split("."), f"{path.name} imports {m}"
+
+
+def test_contract_is_neutral_ground() -> None:
+    """The folder contract imports neither side, so both sides can import it."""
+    imports = _all_imports(ast.parse((PKG / "contract.py").read_text()))
+    assert not [m for m in imports if "runtime" in m or "export" in m or "torch" in m or "onnxruntime" in m], imports
 
 
 def test_blocker_really_blocks() -> None:

@@ -12,8 +12,9 @@ import torch
 
 from onnxstyle.export.exporter import export
 from onnxstyle.models.vgg import VGG19
-from onnxstyle.runtime.api import PRESET_RUN, Settings, Stylizer, preset_settings
-from onnxstyle.spec import ExportSettings, preset_spec
+from onnxstyle.runtime.api import Stylizer
+from onnxstyle.runtime.settings import PRESET_RUN, RunSettings, preset_run_settings
+from onnxstyle.spec import ExportSettings, export_settings_for, preset_spec
 
 
 def img(h: int, w: int, seed: int) -> np.ndarray:
@@ -84,8 +85,14 @@ def run_graph(folder: Path, x: np.ndarray, content: np.ndarray, style: np.ndarra
     f = ort.InferenceSession(str(folder / "features.onnx"), o, providers=["CPUExecutionProvider"])
     lg = ort.InferenceSession(str(folder / "loss_grad.onnx"), o, providers=["CPUExecutionProvider"])
     names = [v.name for v in f.get_outputs()]
-    c, s = dict(zip(names, f.run(None, {"image": content}))), dict(zip(names, f.run(None, {"image": style})))
-    t = {k: (c if k.startswith("content_") else s)[k] for k in names}
+
+    def run_features(im: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, f.run(None, {"image": im, "guide": np.ones((1, 1, *im.shape[2:]), np.float32)})))
+
+    c, s = run_features(content), run_features(style)
+    wanted = {i.name for i in lg.get_inputs()}
+    t = {k: (c if k.startswith("content_") else s)[k] for k in names if k in wanted}
+    t["guide"] = np.ones((1, 1, *x.shape[2:]), np.float32)
     loss, grad = lg.run(["loss", "grad"], {"image": x, **t})
     return float(loss), grad, lg, t
 
@@ -119,35 +126,36 @@ def test_gradient_passes_finite_differences(preset: str, exports: dict[str, Path
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_short_run_with_the_presets_optimizer_lowers_the_loss(preset: str, exports: dict[str, Path], tubingen: np.ndarray, starry: np.ndarray) -> None:
-    s = preset_settings(preset, size=48, iterations=12, weights="caffe")
+    s = preset_run_settings(preset, size=48, iterations=12)
     assert s.optimizer == PRESET_RUN[preset]["optimizer"]
     if preset == "keras-example":
         s = s.replace(rounds=3)
-    r = Stylizer(s, exports[preset]).run(tubingen, [starry], s)
+    r = Stylizer(exports[preset]).run(tubingen, [starry], s)
     assert r.loss == min(r.history) < r.history[0], r.history
     assert np.isfinite(r.image).all()
 
 
 def test_preset_run_settings() -> None:
-    assert preset_settings("tutorial", weights="caffe") == preset_settings("torch-tutorial", weights="caffe")
-    tf = preset_settings("tf-tutorial")
+    assert preset_run_settings("tutorial") == preset_run_settings("torch-tutorial")
+    tf = preset_run_settings("tf-tutorial")
     assert (tf.optimizer, tf.adam_lr, tf.adam_betas, tf.adam_eps, tf.adam_tf_epsilon, tf.iterations) == ("adam", 0.02, (0.99, 0.999), 0.1, True, 1000)
-    k = preset_settings("keras-example", iterations=100)
+    k = preset_run_settings("keras-example", iterations=100)
     assert (k.optimizer, k.rounds, k.size, k.fit, k.iterations) == ("keras-lbfgs", 20, 400, "height", 100)
-    assert preset_settings("gatys") == Settings()
+    assert preset_run_settings("gatys") == RunSettings()
     with pytest.raises(ValueError, match="unknown preset"):
-        preset_settings("picasso")
+        preset_run_settings("picasso")
 
 
 def test_torchvision_weights_preferred_for_torch_presets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     said: list[str] = []
-    assert preset_settings("torch-tutorial", log=said.append).weights == "caffe"
+    assert export_settings_for("torch-tutorial", log=said.append).weights == "caffe"
     assert "Caffe weights stand in" in said[0]
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth").write_bytes(b"x")
-    assert preset_settings("torch-tutorial").weights == "torchvision"
-    assert preset_settings("torch-tutorial", weights="caffe").weights == "caffe"
+    assert export_settings_for("torch-tutorial").weights == "torchvision"
+    assert export_settings_for("torch-tutorial", weights="caffe").weights == "caffe"
+    assert export_settings_for("gatys").weights == "caffe"
 
 
 def test_manifest_records_the_preset(exports: dict[str, Path]) -> None:

@@ -11,7 +11,8 @@ import torch
 
 import onnxstyle
 from onnxstyle.models.vgg import VGG19, gram
-from onnxstyle.runtime.api import Settings, Stylizer
+from onnxstyle.runtime.api import Stylizer
+from onnxstyle.runtime.settings import RunSettings
 from onnxstyle.runtime.image_io import resize_longest, to_nchw
 from onnxstyle.runtime.optimize import Iterate
 from onnxstyle.spec import LossSpec
@@ -41,8 +42,8 @@ def content_distance(model: VGG19, img: np.ndarray, content: np.ndarray) -> floa
 
 
 def test_defaults_at_96px_transfer_the_style(caffe_export: Path, torch_vgg: VGG19, tubingen: np.ndarray, starry: np.ndarray) -> None:
-    s = Settings(size=96, iterations=100)
-    result = Stylizer(s, caffe_export).run(tubingen, [starry], s)
+    s = RunSettings(size=96, iterations=100)
+    result = Stylizer(caffe_export).run(tubingen, [starry], s)
     out = result.image[0].transpose(1, 2, 0)
     content = resize_longest(tubingen, 96)
     style = resize_longest(starry, 96)
@@ -59,8 +60,8 @@ def test_defaults_at_96px_transfer_the_style(caffe_export: Path, torch_vgg: VGG1
 
 
 def test_blend_targets_are_the_weighted_grams(caffe_export: Path, torch_vgg: VGG19, tubingen: np.ndarray, starry: np.ndarray, scream: np.ndarray) -> None:
-    s = Settings(size=64, style_blend=(3.0, 1.0))
-    st = Stylizer(s, caffe_export)
+    s = RunSettings(size=64, style_blend=(3.0, 1.0))
+    st = Stylizer(caffe_export)
     t = st.targets(resize_longest(tubingen, 64), [starry, scream], s)
     g1, g2 = _feats(torch_vgg, resize_longest(starry, 64)), _feats(torch_vgg, resize_longest(scream, 64))
     for n in LossSpec().style_layers:
@@ -73,21 +74,21 @@ def test_blend_targets_are_the_weighted_grams(caffe_export: Path, torch_vgg: VGG
 
 
 def test_style_scale_resizes_the_style(caffe_export: Path, torch_vgg: VGG19, tubingen: np.ndarray, starry: np.ndarray) -> None:
-    s = Settings(size=64, style_scale=0.5)
-    t = Stylizer(s, caffe_export).targets(resize_longest(tubingen, 64), [starry], s)
+    s = RunSettings(size=64, style_scale=0.5)
+    t = Stylizer(caffe_export).targets(resize_longest(tubingen, 64), [starry], s)
     g = _feats(torch_vgg, resize_longest(starry, 32))
     np.testing.assert_allclose(t["gram_relu2_1"], gram(g["relu2_1"], "hw").numpy(), rtol=2e-3, atol=1e-2)
 
 
-def _first_image(st: Stylizer, s: Settings, content: np.ndarray, styles: list[np.ndarray], init_image: np.ndarray | None = None) -> np.ndarray:
+def _first_image(st: Stylizer, s: RunSettings, content: np.ndarray, styles: list[np.ndarray], init_image: np.ndarray | None = None) -> np.ndarray:
     seen: list[Iterate] = []
     st.run(content, styles, s.replace(iterations=1), seen.append, init_image)
     return seen[0].image[0].transpose(1, 2, 0)
 
 
 def test_init_modes(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray, scream: np.ndarray) -> None:
-    s = Settings(size=48)
-    st = Stylizer(s, caffe_export)
+    s = RunSettings(size=48)
+    st = Stylizer(caffe_export)
     content = resize_longest(tubingen, 48)
     np.testing.assert_allclose(_first_image(st, s.replace(init="content"), tubingen, [starry]), content, atol=1e-6)
     style_img = cv2.resize(starry, (48, 36), interpolation=cv2.INTER_AREA)
@@ -99,7 +100,7 @@ def test_init_modes(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray
 
 
 def test_seed_determinism_on_cpu(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
-    s = Settings(size=48, iterations=8, init="noise", seed=7, device="cpu")
+    s = RunSettings(size=48, iterations=8, init="noise", seed=7)
     a = onnxstyle.stylize(tubingen, starry, caffe_export, **s.__dict__)
     b = onnxstyle.stylize(tubingen, [starry], caffe_export, **s.__dict__)
     c = onnxstyle.stylize(tubingen, [starry], caffe_export, **s.replace(seed=8).__dict__)
@@ -109,15 +110,15 @@ def test_seed_determinism_on_cpu(caffe_export: Path, tubingen: np.ndarray, starr
 
 
 def test_adam_lowers_the_loss(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
-    s = Settings(size=48, iterations=30, optimizer="adam", adam_lr=0.02)
-    r = Stylizer(s, caffe_export).run(tubingen, [starry], s)
+    s = RunSettings(size=48, iterations=30, optimizer="adam", adam_lr=0.02)
+    r = Stylizer(caffe_export).run(tubingen, [starry], s)
     assert r.history[-1] < 0.7 * r.history[0]
 
 
 def test_weights_override_reaches_the_graph(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
-    s = Settings(size=48, iterations=1, content_weight=0.0)
-    r = Stylizer(s, caffe_export).run(tubingen, [starry], s)
+    s = RunSettings(size=48, iterations=1, content_weight=0.0)
+    r = Stylizer(caffe_export).run(tubingen, [starry], s)
     assert r.terms["loss_content_relu4_2"] == 0.0
     s2 = s.replace(content_weight=None, style_weight=0.0, init="noise")
-    r2 = Stylizer(s2, caffe_export).run(tubingen, [starry], s2)
+    r2 = Stylizer(caffe_export).run(tubingen, [starry], s2)
     assert all(v == 0.0 for k, v in r2.terms.items() if k.startswith("loss_style"))

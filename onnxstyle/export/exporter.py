@@ -19,8 +19,8 @@ from .. import __version__
 from ..errors import ExportError
 from ..models.vgg import VGG19
 from ..models.weights import VGGWeights, load_weights
-from ..runtime.manifest import GRAPHS, MANIFEST, METADATA_KEY, default_export_dir
-from ..spec import FORMAT_VERSION, LAYER_CHANNELS, ExportSettings, LossSpec, file_sha256
+from ..contract import GRAPHS, MANIFEST, METADATA_KEY, default_export_dir
+from ..spec import FORMAT_VERSION, LAYER_CHANNELS, ExportSettings, LossSpec, export_key, file_sha256
 from .graphs import OPSET, Weights, build_features, build_loss_grad
 from .validate import DEFAULT_SIZES, SizeReport, validate_export
 
@@ -56,12 +56,14 @@ def build_manifest(
     kinds = {"image": "image", "guide": "guide", "loss": "loss", "grad": "gradient"}
     kinds.update({f"content_{n}": "content target" for n in spec.content_layers})
     kinds.update({f"gram_{n}": "style target" for n in spec.style_layers})
+    kinds.update({f"gramsum_{n}": "style sum" for n in spec.style_layers})
+    kinds.update({f"mass_{n}": "style mass" for n in spec.style_layers})
     defaults = spec.weight_defaults()
     return {
         "format_version": FORMAT_VERSION,
         "onnxstyle_version": __version__,
         "preset": settings.preset,
-        "settings_key": settings.key(),
+        "settings_key": export_key(settings),
         "layers": {
             "content": list(spec.content_layers),
             "style": list(spec.style_layers),
@@ -99,8 +101,8 @@ def export(
     t0 = time.perf_counter()
     say = log or (lambda s: None)
     w = load_weights(settings.weights)
-    if settings.weights not in ("caffe", "torchvision") and settings.weights_sha256 is None:
-        settings = ExportSettings(settings.spec, settings.preset, settings.weights, file_sha256(settings.weights))
+    if settings.weights not in ("caffe", "torchvision"):
+        settings = settings.replace(weights_sha256=w.sha256)
     folder = Path(out) if out is not None else default_export_dir(settings)
     spec = settings.spec
     gw = Weights({k: v for k, v in w.convs.items()}, *w.preprocessing.affine())
@@ -127,9 +129,9 @@ def export(
             say("validating against torch autograd at " + ", ".join(f"{h}x{w_}" for h, w_ in sizes))
             model = VGG19(w, last=spec.deepest, pooling=spec.pooling).eval()
             reports = validate_export(tmp, model, spec, sizes)
-            bad = [r for r in reports if not r.ok()]
+            bad = [c for r in reports for c in r.failures()]
             if bad:
-                raise ExportError("export failed validation: " + "; ".join(r.line() for r in bad))
+                raise ExportError(f"export failed validation ({len(bad)} outputs): " + "; ".join(c.line() for c in bad))
         _commit(tmp, folder, overwrite)
     finally:
         if tmp.exists():

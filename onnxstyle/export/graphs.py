@@ -125,22 +125,35 @@ def _io_shapes(spec: LossSpec) -> tuple[dict[str, list[Any]], dict[str, list[Any
 
 
 def build_features(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
-    """image [1,3,H,W] RGB [0,1] → content feature maps and style Gram matrices."""
+    """image [1,3,H,W] RGB [0,1] (+ guide [R,1,H,W]) → content feature maps and style Grams.
+
+    The guided form (format 3) also gives each style layer's raw sum
+    ``gramsum`` = Σ_p (f_p m_p)(f_p m_p)ᵀ and ``mass`` = Σ_p m_p²: sums over positions add
+    up across tiles, so tiled runs assemble exact Grams from them.
+    """
     b = _Builder()
     taps = _forward(b, spec, weights, IMAGE)
     content, style = _io_shapes(spec)
     for n in spec.content_layers:
         b.named("Identity", [taps[n]], f"content_{n}")
-    for n in spec.style_layers:
-        g, _, _ = _gram(b, spec, taps[n], n)
-        b.named("Identity", [g], f"gram_{n}")
-    graph = helper.make_graph(
-        b.nodes,
-        "onnxstyle_features",
-        [_value_info(IMAGE, [1, 3, "H", "W"])],
-        [_value_info(k, v) for k, v in {**content, **style}.items()],
-        b.inits,
-    )
+    outputs = [_value_info(k, v) for k, v in content.items()]
+    inputs = [_value_info(IMAGE, [1, 3, "H", "W"])]
+    if spec.guided:
+        inputs.append(_value_info(GUIDE, ["R", 1, "H", "W"]))
+        guides = _guides(b, spec)
+        for n in spec.style_layers:
+            c = LAYER_CHANNELS[n]
+            gg = _guided_gram(b, spec, taps[n], n, guides[n])
+            b.named("Identity", [gg.gram], f"gram_{n}")
+            b.named("Identity", [gg.raw], f"gramsum_{n}")
+            b.named("Reshape", [gg.mass, b.const([-1], np.int64)], f"mass_{n}")
+            outputs += [_value_info(f"gram_{n}", ["R", c, c]), _value_info(f"gramsum_{n}", ["R", c, c]), _value_info(f"mass_{n}", ["R"])]
+    else:
+        for n in spec.style_layers:
+            g, _, _ = _gram(b, spec, taps[n], n)
+            b.named("Identity", [g], f"gram_{n}")
+        outputs += [_value_info(k, v) for k, v in style.items()]
+    graph = helper.make_graph(b.nodes, "onnxstyle_features", inputs, outputs, b.inits)
     return _model(graph)
 
 
@@ -299,29 +312,43 @@ def _guides(b: _Builder, spec: LossSpec) -> dict[str, str]:
     return out
 
 
-def _guided_style(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) -> tuple[str, str]:
-    """Guided Gram loss (Gatys et al. 2017) over R regions; returns (loss, dL/df).
+@dataclass
+class _GuidedGram:
+    gram: str  # [R,C,C] G_r = raw_r · inv_r
+    raw: str  # [R,C,C] Σ_p (f_p m_p)(f_p m_p)ᵀ
+    mass: str  # [R,1,1] Σ_p m_p²
+    inv: str  # [R,1,1] the normalization (1/mass for "hw", 1/(C·mass) for "chw", 1 for "none")
+    m: str  # [R,C,hw] the masked features
+    mr: str  # [R,1,hw] the guide at this layer, flattened
 
-    G_r = (F∘m_r)(F∘m_r)ᵀ / Σm_r² (the "hw" norm generalised: a weighted average over
-    positions; ×1/C for "chw"; none for "none"), each region against its own target A_r.
-    """
+
+def _guided_gram(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) -> _GuidedGram:
+    """G_r = (F∘m_r)(F∘m_r)ᵀ / Σm_r² (the "hw" norm generalised: a weighted average over
+    positions; ×1/C for "chw"; no division for "none"). An all-ones guide gives F Fᵀ/(H·W)."""
     c = LAYER_CHANNELS[name]
     fl = b.op("Reshape", [f, b.const([c, -1], np.int64)])  # [C, hw]
     mr = b.op("Reshape", [guide, b.const([0, 1, -1], np.int64)])  # [R, 1, hw]
     m = b.op("Mul", [fl, mr])  # [R, C, hw]
     mt = b.op("Transpose", [m], perm=[0, 2, 1])
-    axes12 = b.const([1, 2], np.int64)
+    raw = b.op("MatMul", [m, mt], f"{name}_gramsum")
+    mass = b.op("ReduceSum", [b.op("Mul", [mr, mr]), b.const([1, 2], np.int64)], keepdims=1)  # [R,1,1]
     if spec.gram_norm == "none":
         inv = b.const([1.0])
     else:
-        area = b.op("ReduceSum", [b.op("Mul", [mr, mr]), axes12], keepdims=1)  # [R,1,1]
-        inv = b.op("Reciprocal", [b.op("Add", [area, b.const(EPS)])])
+        inv = b.op("Reciprocal", [b.op("Add", [mass, b.const(EPS)])])
         if spec.gram_norm == "chw":
             inv = b.op("Mul", [inv, b.const(1.0 / c)])
-    g = b.op("Mul", [b.op("MatMul", [m, mt]), inv], f"{name}_ggram")
+    return _GuidedGram(b.op("Mul", [raw, inv], f"{name}_ggram"), raw, mass, inv, m, mr)
+
+
+def _guided_style(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) -> tuple[str, str]:
+    """Guided Gram loss (Gatys et al. 2017) over R regions, each against its own target A_r;
+    returns (loss, dL/df)."""
+    gg = _guided_gram(b, spec, f, name, guide)
     a = f"gram_{name}"
-    e = b.op("Sub", [g, a])
+    e = b.op("Sub", [gg.gram, a])
     scale = _style_scale(b, spec, name)
+    axes12 = b.const([1, 2], np.int64)
     if spec.relative:
         energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [a, a])], axes=[1, 2], keepdims=1), b.const(EPS)])
         scale = b.op("Div", [scale, energy])  # [R,1,1]
@@ -329,8 +356,8 @@ def _guided_style(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) ->
     loss = b.op("ReduceSum", [b.op("Mul", [sq, scale])], keepdims=0)
     dg = b.op("Mul", [e, b.op("Mul", [scale, b.const(2.0)])])
     sym = b.op("Add", [dg, b.op("Transpose", [dg], perm=[0, 2, 1])])
-    dm = b.op("Mul", [b.op("MatMul", [sym, m]), inv])  # [R, C, hw]
-    dfl = b.op("ReduceSum", [b.op("Mul", [dm, mr]), b.const([0], np.int64)], keepdims=0)  # [C, hw]
+    dm = b.op("Mul", [b.op("MatMul", [sym, gg.m]), gg.inv])  # [R, C, hw]
+    dfl = b.op("ReduceSum", [b.op("Mul", [dm, gg.mr]), b.const([0], np.int64)], keepdims=0)  # [C, hw]
     return loss, b.op("Reshape", [dfl, b.op("Shape", [f])])
 
 

@@ -67,11 +67,39 @@ def gram(f: torch.Tensor, norm: str) -> torch.Tensor:
     return g / (h * w) if norm == "hw" else g / (c * h * w)
 
 
-def reference_features(model: VGG19, spec: LossSpec, image: torch.Tensor) -> dict[str, torch.Tensor]:
+def reference_features(
+    model: VGG19, spec: LossSpec, image: torch.Tensor, guide: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """What features.onnx computes: content maps and Grams (guided: per region, with the raw
+    sums and masses). ``guide`` [R,1,H,W] defaults to all ones for a guided spec."""
     taps = model(image, (*spec.content_layers, *spec.style_layers))
     out = {f"content_{n}": taps[n] for n in spec.content_layers}
-    out.update({f"gram_{n}": gram(taps[n], spec.gram_norm) for n in spec.style_layers})
+    if not spec.guided:
+        out.update({f"gram_{n}": gram(taps[n], spec.gram_norm) for n in spec.style_layers})
+        return out
+    if guide is None:
+        guide = image.new_ones((1, 1, *image.shape[2:]))
+    guides = _reference_guides(model, spec, guide)
+    for n in spec.style_layers:
+        raw, mass = _guided_sums(taps[n], guides[n])
+        out[f"gram_{n}"] = _normalize(spec, raw, mass, taps[n].shape[1])
+        out[f"gramsum_{n}"] = raw
+        out[f"mass_{n}"] = mass
     return out
+
+
+def _guided_sums(f: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ_p (f_p m_p)(f_p m_p)ᵀ per region [R,C,C] and Σ_p m_p² [R]."""
+    _, c, h, w = f.shape
+    fm = (f[0][None] * m).reshape(m.shape[0], c, h * w)
+    return fm @ fm.transpose(1, 2), (m**2).sum(dim=(1, 2, 3))
+
+
+def _normalize(spec: LossSpec, raw: torch.Tensor, mass: torch.Tensor, c: int) -> torch.Tensor:
+    if spec.gram_norm == "none":
+        return raw
+    g = raw / (mass + 1e-8).view(-1, 1, 1)
+    return g / c if spec.gram_norm == "chw" else g
 
 
 def reference_loss(
@@ -137,21 +165,16 @@ def _reference_guides(model: VGG19, spec: LossSpec, guide: torch.Tensor) -> dict
 
 def _guided_err(spec: LossSpec, f: torch.Tensor, m: torch.Tensor, a: torch.Tensor, img_hw: int) -> torch.Tensor:
     """Σ_r err(G_r, A_r) with G_r = (F∘m_r)(F∘m_r)ᵀ / Σ m_r² (Gatys et al. 2017)."""
-    _, c, h, w = f.shape
+    raw, mass = _guided_sums(f, m)
+    g = _normalize(spec, raw, mass, f.shape[1])
     total = f.new_zeros(())
     for r in range(m.shape[0]):
-        fm = (f[0] * m[r]).reshape(c, h * w)
-        g = fm @ fm.t()
-        if spec.gram_norm != "none":
-            g = g / ((m[r] ** 2).sum() + 1e-8)
-            if spec.gram_norm == "chw":
-                g = g / c
         if spec.style_reduction == "mean":
-            err = F.mse_loss(g, a[r], reduction="mean")
+            err = F.mse_loss(g[r], a[r], reduction="mean")
         elif spec.style_reduction == "sum":
-            err = F.mse_loss(g, a[r], reduction="sum")
+            err = F.mse_loss(g[r], a[r], reduction="sum")
         else:
-            err = (g - a[r]).pow(2).sum() / (4.0 * 3**2 * img_hw**2)
+            err = (g[r] - a[r]).pow(2).sum() / (4.0 * 3**2 * img_hw**2)
         if spec.relative:
             err = err / (a[r].pow(2).mean() + 1e-8)
         total = total + err

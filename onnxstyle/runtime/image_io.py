@@ -6,10 +6,13 @@ the only one that touches image files.
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import tempfile
+import threading
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -21,61 +24,178 @@ WRITABLE = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WebP"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _sniff_truncated(data: bytes) -> bool:
-    """JPEG without its end marker or PNG without IEND: the decoder would pad with grey."""
-    if data[:3] == b"\xff\xd8\xff":
-        return b"\xff\xd9" not in data[-4096:]
-    if data[:8] == PNG_SIGNATURE:
-        return b"IEND" not in data[-64:]
+# Pillow's convention for decompression bombs: it warns above 89.5 M pixels and refuses
+# above twice that. A header is read before anything is decoded, and above this limit the
+# file is refused with the limit in the message (raise it with --max-pixels).
+DEFAULT_MAX_PIXELS = 2 * 89_478_485
+_PIL_LOCK = threading.Lock()
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says, read without decoding a pixel."""
+
+    format: str  # PNG, JPEG, WEBP, ...
+    width: int  # as stored (before EXIF orientation)
+    height: int
+    alpha: bool
+    orientation: int = 1  # EXIF: 5-8 turn the image a quarter
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def oriented(self) -> tuple[int, int]:
+        """(height, width) as a viewer shows it (and as load_image returns it)."""
+        turned = self.orientation in (5, 6, 7, 8) and not self.alpha
+        return (self.width, self.height) if turned else (self.height, self.width)
+
+
+def read_header(data: bytes, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """Format, size and alpha from the header; refuses a bomb before a pixel is decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with _PIL_LOCK:
+            # Our own limit is checked below, with a message of ours; Pillow's would fire first.
+            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image onnxstyle can read (PNG, JPEG, WebP, BMP, TIFF)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{path}: unreadable image header ({e})") from None
+    w, h = im.size
+    alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
+    try:
+        orientation = int(im.getexif().get(0x0112, 1)) if im.format == "JPEG" else 1
+    except Exception:  # a damaged EXIF block: the decoder ignores it too
+        orientation = 1
+    header = ImageHeader(str(im.format or "?"), w, h, alpha, orientation)
+    im.close()
+    if header.pixels > max_pixels:
+        raise ImageError(
+            f"{path}: {w}x{h} is {header.pixels / 1e6:.0f} M pixels, over the limit of {max_pixels / 1e6:.0f} M "
+            f"(a decompression bomb?); raise the limit with --max-pixels if the image is genuine"
+        )
+    return header
+
+
+def _jpeg_complete(data: bytes) -> bool:
+    """A JPEG whose scan data reaches its end marker. Trailing bytes after it (the video of a
+    motion photo, padding) are fine; a file cut short would decode padded with grey."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:
+            return True
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker == 0xDA:
+            # The first scan: the entropy-coded data holds no 0xFFD9 (0xFF is stuffed), so the
+            # image is whole if an end marker follows (embedded thumbnails lie before the scan).
+            return data.find(b"\xff\xd9", i + 2 + length) >= 0
+        i += 2 + length
     return False
 
 
-def _reduced_flag(data: bytes, max_side: int | None) -> int:
+def _png_complete(data: bytes) -> bool:
+    """Walk the PNG chunks: every chunk whole, up to IEND."""
+    i = 8
+    while i + 8 <= len(data):
+        n = int.from_bytes(data[i : i + 4], "big")
+        if data[i + 4 : i + 8] == b"IEND":
+            return True
+        i += 12 + n
+    return False
+
+
+def _complete(data: bytes, fmt: str) -> bool:
+    if fmt == "JPEG":
+        return _jpeg_complete(data)
+    if fmt == "PNG":
+        return _png_complete(data)
+    return True
+
+
+def _reduced_flag(header: ImageHeader, target: int | None) -> int:
     """For a JPEG far larger than needed, let libjpeg decode at 1/2, 1/4 or 1/8 scale."""
-    if max_side is None or data[:3] != b"\xff\xd8\xff":
+    if target is None or header.format != "JPEG":
         return 0
-    size = _jpeg_size(data)
-    if size is None:
-        return 0
-    longest = max(size)
+    longest = max(header.width, header.height)
     for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if longest // factor >= max_side:
+        if longest // factor >= target:
             return flag
     return 0
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
-            return h, w
-        i += 2 + length
-    return None
+def _unit_scale(img: np.ndarray) -> float:
+    return 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
 
 
 def _to_float(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint8:
-        return img.astype(np.float32) / 255.0
-    if img.dtype == np.uint16:
-        return img.astype(np.float32) / 65535.0
-    return np.clip(img.astype(np.float32), 0.0, 1.0)
+    return np.clip(img.astype(np.float32) / _unit_scale(img), 0.0, 1.0)
+
+
+def _resize_int(img: np.ndarray, side: int | None) -> np.ndarray:
+    """Resize while still 8/16-bit, so no float copy at the input's full size ever exists."""
+    if side is None:
+        return img
+    h, w = fit_longest(img.shape[0], img.shape[1], side)
+    if (h, w) == img.shape[:2]:
+        return img
+    interp = cv2.INTER_AREA if h * w < img.shape[0] * img.shape[1] else cv2.INTER_CUBIC
+    return cv2.resize(img, (w, h), interpolation=interp)
 
 
 def load_image(
-    path: str | Path, max_side: int | None = None, reduce_to: int | None = None
+    path: str | Path, max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(RGB float32 HxWx3 in [0,1], alpha HxW in [0,1] or None), oriented as a viewer shows it.
 
-    ``max_side`` resizes so that the longest side equals it (area interpolation when
-    shrinking, cubic when enlarging). ``reduce_to`` only lets a large JPEG be decoded at
-    1/2, 1/4 or 1/8 scale while staying at least that size, without resizing further.
+    The header is read first (a bomb is refused before decoding), the file is decoded once
+    (a large JPEG at 1/2, 1/4 or 1/8 scale by libjpeg when that still covers ``max_side``),
+    resized to ``max_side`` (longest side) while still 8/16-bit, and only then made float.
     """
     path = Path(path)
+    data = read_bytes(path)
+    header = read_header(data, path, max_pixels)
+    if not _complete(data, header.format):
+        raise ImageError(f"{path}: image data is truncated")
+    buf = np.frombuffer(data, np.uint8)
+    if header.alpha:
+        # PNG/WebP with alpha carry no EXIF orientation in practice; keep their pixels as stored.
+        raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    else:
+        # IMREAD_COLOR applies the EXIF orientation and converts grey, palette and CMYK to BGR.
+        raw = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | _reduced_flag(header, max_side))
+    if raw is None:
+        raise ImageError(f"{path}: not an image onnxstyle can read")
+    if raw.ndim == 2:
+        raw = cv2.cvtColor(raw, cv2.COLOR_GRAY2BGR)
+    elif raw.shape[2] == 2:  # grey + alpha
+        raw = np.dstack([cv2.cvtColor(raw[:, :, :1], cv2.COLOR_GRAY2BGR), raw[:, :, 1]])
+    raw = _resize_int(raw, max_side)
+    alpha = _to_float(raw[:, :, 3]) if raw.shape[2] == 4 else None
+    rgb = _to_float(raw[:, :, 2::-1])
+    return np.ascontiguousarray(rgb), alpha
+
+
+def probe_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """The header of an image file (size, format, alpha); a bomb is refused here."""
+    path = Path(path)
+    return read_header(read_bytes(path), path, max_pixels)
+
+
+def read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -86,29 +206,7 @@ def load_image(
         raise ImageError(f"{path}: cannot be read ({e.strerror})") from None
     if not data:
         raise ImageError(f"{path}: file is empty (0 bytes)")
-    if _sniff_truncated(data):
-        raise ImageError(f"{path}: image data is truncated")
-    buf = np.frombuffer(data, np.uint8)
-    raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise ImageError(f"{path}: not an image onnxstyle can read (PNG, JPEG, WebP, BMP, TIFF)")
-    alpha = None
-    if raw.ndim == 3 and raw.shape[2] == 4:
-        # PNG/WebP with alpha carry no EXIF orientation in practice; keep their pixels as stored.
-        bgr = raw[:, :, :3]
-        alpha = _to_float(raw[:, :, 3])
-    else:
-        # IMREAD_COLOR applies the EXIF orientation and converts grey, palette and CMYK to BGR.
-        flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | _reduced_flag(data, max_side or reduce_to)
-        bgr = cv2.imdecode(buf, flags)
-        if bgr is None:
-            raise ImageError(f"{path}: not an image onnxstyle can read")
-    rgb = _to_float(bgr)[:, :, ::-1]
-    if max_side is not None:
-        rgb = resize_longest(rgb, max_side)
-        if alpha is not None:
-            alpha = resize_to(alpha, rgb.shape[0], rgb.shape[1])
-    return np.ascontiguousarray(rgb), alpha
+    return data
 
 
 def resize_to(img: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The image optimization on the numpy side: L-BFGS-B (default) or Adam, driving loss_grad.
 
 Arrays in, arrays out: no files, no printing. Progress is handed to a callback as an
-:class:`Iterate`; the caller decides how to show it.
+:class:`Iterate`; the caller decides how to show it. Ctrl-C is never swallowed: it leaves
+as :class:`~onnxstyle.errors.Interrupted` carrying the best result so far.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import Bounds, minimize
+
+from ..errors import Interrupted
 
 
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray, dict[str, float]]]
@@ -27,6 +30,11 @@ class Iterate:
     elapsed: float
     image: np.ndarray = field(repr=False)  # the evaluated image, [1,3,H,W] float32 in [0,1]
     best_loss: float = float("inf")
+    # Filled in by the caller that knows the whole plan (coarse-to-fine stages, video frames):
+    # evaluations planned in all, and which stage this one belongs to.
+    total: int = 0
+    stage: int = 1
+    stages: int = 1
 
 
 @dataclass
@@ -91,6 +99,10 @@ class _Tracker:
             return False
         return loss > max(self.spike_factor * self.best_loss, self.history[0])
 
+    def interrupted(self, x0: np.ndarray, cause: KeyboardInterrupt) -> Interrupted:
+        """The interrupt to raise: the best result so far, and what interrupted it."""
+        return Interrupted(self.result(x0, interrupted=True), getattr(cause, "cause", None) or cause)
+
     def result(self, x0: np.ndarray, interrupted: bool = False, error: str | None = None) -> Result:
         image = self.best if self.best is not None else x0.astype(np.float32)
         return Result(
@@ -124,7 +136,6 @@ def lbfgs(
     track = _Tracker(objective, evaluations, callback, x0.shape, spike_factor=np.inf)
     x = x0.astype(np.float64).ravel()
     bounds = Bounds(np.zeros_like(x), np.ones_like(x))
-    interrupted = False
     error = None
     stalled = 0
     while track.step < evaluations:
@@ -155,9 +166,8 @@ def lbfgs(
             if track.best is not None:
                 x = track.best.astype(np.float64).ravel()
             continue
-        except KeyboardInterrupt:
-            interrupted = True
-            break
+        except KeyboardInterrupt as e:
+            raise track.interrupted(x0, e) from e
         # The line search gave up before the budget was spent: restart from the best image
         # with a fresh memory, unless restarts no longer make progress (converged).
         if track.best is not None:
@@ -165,7 +175,7 @@ def lbfgs(
         stalled = stalled + 1 if track.step - before <= 2 else 0
         if stalled >= 3:
             break
-    return track.result(x0, interrupted, error)
+    return track.result(x0, error=error)
 
 
 def adam(
@@ -193,7 +203,6 @@ def adam(
     m = np.zeros_like(x)
     v = np.zeros_like(x)
     t = 0
-    interrupted = False
     error = None
     try:
         while track.step < evaluations:
@@ -225,9 +234,9 @@ def adam(
                 x = np.clip(x - lr * mhat / (np.sqrt(vhat) + eps), 0.0, 1.0)
     except _Stop:
         pass
-    except KeyboardInterrupt:
-        interrupted = True
-    return track.result(x0, interrupted, error)
+    except KeyboardInterrupt as e:
+        raise track.interrupted(x0, e) from e
+    return track.result(x0, error=error)
 
 
 def _rollback(track: _Tracker, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -332,7 +341,6 @@ def torch_lbfgs(
                 break
         st.update(d=d, t=t, old_dirs=old_dirs, old_stps=old_stps, ro=ro, H_diag=h_diag, prev_g=prev_g, prev_loss=prev_loss)
 
-    interrupted = False
     error = None
     while track.step < evaluations:
         before = track.step
@@ -347,12 +355,11 @@ def torch_lbfgs(
             x[:] = (track.best if track.best is not None else x0).ravel()
             st.update(n_iter=0, d=None, t=None, old_dirs=[], old_stps=[], ro=[], H_diag=1.0, prev_g=None, prev_loss=None)
             continue
-        except KeyboardInterrupt:
-            interrupted = True
-            break
+        except KeyboardInterrupt as e:
+            raise track.interrupted(x0, e) from e
         if track.step == before:
             break
-    return track.result(x0, interrupted, error)
+    return track.result(x0, error=error)
 
 
 def lbfgs_rounds(
@@ -378,7 +385,6 @@ def lbfgs_rounds(
         return loss, np.asarray(g, np.float64).ravel() / pixel_scale
 
     z = x0.astype(np.float64).ravel() * pixel_scale
-    interrupted = False
     error = None
     for _ in range(rounds):
         try:
@@ -389,7 +395,6 @@ def lbfgs_rounds(
         except _Fault as e:
             error = f"{e}; stopped"
             break
-        except KeyboardInterrupt:
-            interrupted = True
-            break
-    return track.result(x0, interrupted, error)
+        except KeyboardInterrupt as e:
+            raise track.interrupted(x0, e) from e
+    return track.result(x0, error=error)

@@ -20,6 +20,7 @@ class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
     tensorrt = "tensorrt"
+    openvino = "openvino"
 
 
 # Fastest first. TensorRT compiles fused engines; CUDA runs node by node; CPU always exists.
@@ -37,6 +38,8 @@ def select_providers(available: Sequence[str], requested: Device | str = Device.
     """
     req = Device(requested)
     avail = set(available)
+    if req is Device.openvino:
+        raise ValueError("openvino is not an onnxruntime provider; select_backend handles it")
     if req is Device.auto:
         chosen = [p for p in FALLBACK_ORDER if p in avail]
     else:
@@ -93,41 +96,48 @@ def cpu_model() -> str:
     return platform.machine()
 
 
-def trt_options(
-    cache_dir: Path, height: int, width: int, fp16: bool = False, image_input: str = "image"
-) -> dict[str, Any]:
-    """TensorRT options: engines cached on disk, one optimization profile for this image size.
+def profile_string(shapes: dict[str, tuple[int, ...]]) -> str:
+    """TensorRT's profile syntax: ``name:1x3x384x512,guide:1x1x384x512,...``."""
+    return ",".join(f"{name}:{'x'.join(str(d) for d in shape)}" for name, shape in shapes.items() if len(shape) > 0)
 
-    A profile pinned to the size being optimized lets TensorRT pick kernels for it;
-    the engine cache makes the second run at that size start in seconds, not minutes.
+
+def trt_options(cache_dir: Path, shapes: dict[str, tuple[int, ...]], fp16: bool = False, device_id: int = 0) -> dict[str, Any]:
+    """TensorRT options: engines cached on disk, one optimization profile pinned to this size.
+
+    TensorRT needs a profile for *every* dynamic input (the image, the guide, the content
+    targets whose size follows the image's, the per-region Gram targets), not only the
+    image; scalar inputs (the loss weights) are static and left out. A profile pinned to
+    the size being optimized lets TensorRT pick kernels for it; the engine cache makes the
+    second run at that size start in seconds, not minutes.
     """
-    shape = f"{image_input}:1x3x{height}x{width}"
+    profile = profile_string(shapes)
     return {
+        "device_id": device_id,
         "trt_fp16_enable": bool(fp16),
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(cache_dir),
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache_dir),
-        "trt_profile_min_shapes": shape,
-        "trt_profile_opt_shapes": shape,
-        "trt_profile_max_shapes": shape,
+        "trt_profile_min_shapes": profile,
+        "trt_profile_opt_shapes": profile,
+        "trt_profile_max_shapes": profile,
     }
 
 
-def cuda_options() -> dict[str, Any]:
+def cuda_options(device_id: int = 0) -> dict[str, Any]:
     # The exhaustive cuDNN search pays off over hundreds of evaluations at one size.
-    return {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
+    return {"device_id": device_id, "cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True}
 
 
 def provider_options(
-    providers: Sequence[str], trt_cache: Path, height: int, width: int, fp16: bool = False
+    providers: Sequence[str], trt_cache: Path, shapes: dict[str, tuple[int, ...]], fp16: bool = False, device_id: int = 0
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for p in providers:
         if p == TRT:
-            out.append(trt_options(trt_cache, height, width, fp16))
+            out.append(trt_options(trt_cache, shapes, fp16, device_id))
         elif p == CUDA:
-            out.append(cuda_options())
+            out.append(cuda_options(device_id))
         else:
             out.append({})
     return out

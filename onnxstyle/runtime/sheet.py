@@ -321,3 +321,15 @@ def contact_sheet(
         canvas[y : y + ph, x : x + pw] = np.clip(_resize(panel, hw), 0.0, 1.0)
         _draw_band(canvas, y + ph, x, _text_mask(text, lh, pw, label_scale))
     return canvas
+
+
+# The narrowest panel (px) whose label stays legible: smaller panels are enlarged.
+MIN_LABELLED_PANEL = 240
+
+
+def enlarge_for_labels(panels: list[np.ndarray], min_width: int = MIN_LABELLED_PANEL) -> list[np.ndarray]:
+    """Small panels enlarged by a whole factor (nearest neighbour: pixels stay honest)."""
+    if not panels or panels[0].shape[1] >= min_width:
+        return panels
+    k = -(-min_width // panels[0].shape[1])
+    return [cv2.resize(p, (p.shape[1] * k, p.shape[0] * k), interpolation=cv2.INTER_NEAREST) for p in panels]

@@ -28,9 +28,20 @@ def main(folder: str) -> None:
     style = np.clip(0.5 + 0.2 * rng.standard_normal((1, 3, 40, 52)), 0.05, 0.95).astype(np.float32)
     image = np.clip(content + 0.05 * rng.standard_normal(content.shape), 0.05, 0.95).astype(np.float32)
     names = [o.name for o in feats.get_outputs()]
-    ct = dict(zip(names, feats.run(None, {"image": content})))
-    st = dict(zip(names, feats.run(None, {"image": style})))
-    targets = {n: (ct if n.startswith("content_") else st)[n] for n in names}  # chained by name
+    guided = any(i.name == "guide" for i in lossg.get_inputs())
+
+    def run_features(x: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = {"image": x}
+        if any(i.name == "guide" for i in feats.get_inputs()):
+            feeds["guide"] = np.ones((1, 1, *x.shape[2:]), np.float32)
+        return dict(zip(names, feats.run(None, feeds)))
+
+    ct, st = run_features(content), run_features(style)
+    wanted = {i.name for i in lossg.get_inputs()}
+    targets = {n: (ct if n.startswith("content_") else st)[n] for n in names if n in wanted}  # chained by name
+    if guided:
+        # A soft mask, so the guided Gram path is differentiated too, not only the all-ones case.
+        targets["guide"] = np.broadcast_to(np.linspace(0.2, 1.0, w, dtype=np.float32), (1, 1, h, w)).copy()
     loss, grad = lossg.run(["loss", "grad"], {"image": image, **targets})
     g = grad.astype(np.float64)
     gn = float(np.linalg.norm(g))

