@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -11,6 +13,31 @@ from onnxstyle.models.weights import TORCHVISION_CONV_INDEX
 from onnxstyle.spec import LAYERS
 
 DATA = Path(__file__).parent / "data"
+
+
+# Prepended to a subprocess's code: importing torch fails there, as on an edge install.
+BLOCK_TORCH = """
+import sys
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def run_cli_without_torch(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process where torch cannot be imported; fails if anything imported it."""
+    code = BLOCK_TORCH + f"""
+sys.argv = ["onnxstyle", *{args!r}]
+from onnxstyle.cli import main
+try:
+    main()
+finally:
+    assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch got imported"
+"""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 def cli_env(cache: Path | None = None) -> dict[str, str]:
