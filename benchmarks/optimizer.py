@@ -23,7 +23,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxstyle.runtime.api import Settings, Stylizer  # noqa: E402
+from onnxstyle.autoexport import resolve_models  # noqa: E402
+from onnxstyle.runtime.api import Stylizer  # noqa: E402
+from onnxstyle.runtime.settings import EngineConfig, RunSettings  # noqa: E402
+from onnxstyle.spec import export_settings_for  # noqa: E402
 from onnxstyle.runtime.image_io import load_image, resize_longest, to_nchw  # noqa: E402
 from onnxstyle.runtime.optimize import adam, lbfgs  # noqa: E402
 from onnxstyle.runtime.providers import cpu_model  # noqa: E402
@@ -70,10 +73,11 @@ def main() -> None:
     data = ROOT / "onnxstyle" / "data"
     content, _ = load_image(data / "tubingen.jpg")
     style, _ = load_image(data / "starry_night.jpg")
-    s = Settings(size=args.size)
-    st = Stylizer(s)
+    s = RunSettings(size=args.size)
+    st = Stylizer(resolve_models(export_settings_for("gatys")).folder)
     content = resize_longest(content, s.size)
-    targets = st.targets(content, [style], s)
+    targets = st.targets(content, [style], s, regions=1)
+    targets["guide"] = np.ones((1, 1, *content.shape[:2]), np.float32)
     x0 = to_nchw(content)
 
     def objective(x: np.ndarray):  # type: ignore[no-untyped-def]

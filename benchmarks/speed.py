@@ -94,13 +94,16 @@ noise = np.random.default_rng(0).normal(0.0, 0.05, content.shape).astype(np.floa
 x = to_nchw(np.clip(content + noise, 0.0, 1.0))
 
 if side == "onnxstyle":
-    engine = Engine(models, "cpu", cfg["threads"])
+    from onnxstyle.runtime.settings import EngineConfig
+    engine = Engine(models, EngineConfig(device="cpu", threads=cfg["threads"]))
     T_MODEL = time.monotonic()
     ct = engine.features(to_nchw(content))
     st = engine.features(to_nchw(style))
     targets = {k: v for k, v in ct.items() if k.startswith("content_")}
     targets.update({k: v for k, v in st.items() if k.startswith("gram_")})
     targets = {k: np.ascontiguousarray(v, np.float32) for k, v in targets.items()}
+    if engine.guided:
+        targets["guide"] = np.ones((1, 1, h, w), np.float32)
 
     def evaluate():
         r = engine.loss_grad(x, targets)
@@ -117,6 +120,8 @@ else:
         st = reference_features(model, spec, torch.from_numpy(to_nchw(style)))
     targets = {k: v for k, v in ct.items() if k.startswith("content_")}
     targets.update({k: v for k, v in st.items() if k.startswith("gram_")})
+    if spec.guided:
+        targets["guide"] = torch.ones((1, 1, h, w))
     xt = torch.from_numpy(x)
 
     def evaluate():
@@ -542,10 +547,11 @@ def main() -> None:
     if args.models is not None:
         models = args.models
     else:
-        from onnxstyle.runtime.api import Settings, resolve_models
+        from onnxstyle.autoexport import resolve_models
+        from onnxstyle.spec import export_settings_for
 
-        models, _ = resolve_models(Settings(), log=say)
-    from onnxstyle.runtime.manifest import read_manifest
+        models = resolve_models(export_settings_for("gatys"), log=say).folder
+    from onnxstyle.contract import read_manifest
 
     spec = read_manifest(models).spec
     info = machine(threads)
@@ -568,7 +574,7 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, sizes: list[int], threads: int, models: Path, spec: Any,
             info: dict[str, Any], tmp: Path, say: Any) -> dict[str, Any]:
-    from onnxstyle.runtime.manifest import read_manifest
+    from onnxstyle.contract import read_manifest
 
     quick = args.quick
     startup_px = args.startup_size or (min(128, min(sizes)) if quick else 128)

@@ -19,10 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from onnxstyle.runtime.api import Settings, Stylizer  # noqa: E402
+from onnxstyle.autoexport import resolve_models  # noqa: E402
+from onnxstyle.runtime.api import Stylizer  # noqa: E402
+from onnxstyle.runtime.settings import EngineConfig, RunSettings  # noqa: E402
+from onnxstyle.spec import export_settings_for  # noqa: E402
 from onnxstyle.runtime.image_io import load_image, resize_longest, to_nchw  # noqa: E402
 from onnxstyle.runtime.optimize import Iterate  # noqa: E402
 from onnxstyle.runtime.providers import cpu_model  # noqa: E402
@@ -54,9 +59,10 @@ def main() -> None:
     content_full, _ = load_image(data / "tubingen.jpg")
     style, _ = load_image(data / "starry_night.jpg")
     content = resize_longest(content_full, args.size)
-    settings = Settings(size=args.size, threads=threads, device="cpu")
-    st = Stylizer(settings)
-    targets = st.targets(content, [style], settings)
+    settings = RunSettings(size=args.size)
+    st = Stylizer(resolve_models(export_settings_for("gatys")).folder, EngineConfig(device="cpu", threads=threads))
+    targets = st.targets(content, [style], settings, regions=1)
+    targets["guide"] = np.ones((1, 1, *content.shape[:2]), np.float32)
     x0 = to_nchw(content)
 
     # The bar: torch eager + torch.optim.LBFGS, history 100.
