@@ -92,6 +92,11 @@ class LossSpec:
     # guide it is exactly the plain loss, so one export serves every command, masks included
     # (the cost is measured in benchmarks/results/guided.md). False only describes old folders.
     guided: bool = True
+    # Temporal consistency (Ruder et al. 2016, video): loss_grad takes a target image (the
+    # previous stylized frame warped by optical flow) and a per-pixel weight map (0 where the
+    # flow is unreliable); the term is temporal_weight · Σ c·(x-ω)² / (3·H·W). With an
+    # all-zero map it vanishes, so one export serves stills and video alike.
+    temporal: bool = True
     # Divide each layer's squared error by the mean square of its target. The terms
     # become relative errors, independent of the weights' activation scale (Caffe's
     # 0-255 inputs give activations ~50x those of torchvision's normalized inputs)
@@ -104,6 +109,9 @@ class LossSpec:
     content_weight: float = 1.0
     style_weight: float = 20.0
     tv_weight: float = 0.0
+    # Chosen by measurement on real clips (benchmarks/results/video.md): the warping error
+    # halves against independent frames while the Gram distance stays within 10%.
+    temporal_weight: float = 1e2
     # Per-layer weights multiply each layer's term; unlisted layers default to 1/n
     # for style (an average over layers) and 1 for content.
     content_layer_weights: tuple[float, ...] = ()
@@ -146,6 +154,8 @@ class LossSpec:
         """Every weight input of loss_grad (named as in the graph) with its default value."""
         lw = self.layer_weights()
         w = {"content_weight": self.content_weight, "style_weight": self.style_weight, "tv_weight": self.tv_weight}
+        if self.temporal:
+            w["temporal_weight"] = self.temporal_weight
         w.update({f"content_weight_{n}": float(v) for n, v in lw["content"].items()})
         w.update({f"style_weight_{n}": float(v) for n, v in lw["style"].items()})
         return w

@@ -43,6 +43,9 @@ def chain(f: ort.InferenceSession, lg: ort.InferenceSession, content: np.ndarray
     targets = {k: (c if k.startswith("content_") else s)[k] for k in c if k in wanted}
     if "guide" in wanted:
         targets["guide"] = np.ones((1, 1, *image.shape[2:]), np.float32)
+    if "temporal_target" in wanted:  # no video: a zero weight map switches the term off
+        targets["temporal_target"] = np.zeros_like(image)
+        targets["temporal_map"] = np.zeros((1, 1, *image.shape[2:]), np.float32)
     return targets
 
 

@@ -293,7 +293,7 @@ def test_validation_reports_every_wrong_output(caffe_export: Path, tmp_path: Pat
     folder = tmp_path / "m"
     shutil.copytree(caffe_export, folder, ignore=shutil.ignore_patterns("optimized"))
     reports = validate_export(folder, model, LossSpec(), ((37, 45),))
-    assert reports[0].ok() and len(reports[0].checks) == 25
+    assert reports[0].ok() and len(reports[0].checks) == 26
     # A wrong backward kernel: the gradient fails, every forward output and loss term still passes.
     _scale_initializer(folder / "loss_grad.onnx", "conv2_1_wT", 1.5)
     (bad,) = validate_export(folder, model, LossSpec(), ((37, 45),))

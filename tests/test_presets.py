@@ -93,6 +93,7 @@ def run_graph(folder: Path, x: np.ndarray, content: np.ndarray, style: np.ndarra
     wanted = {i.name for i in lg.get_inputs()}
     t = {k: (c if k.startswith("content_") else s)[k] for k in names if k in wanted}
     t["guide"] = np.ones((1, 1, *x.shape[2:]), np.float32)
+    t["temporal_target"], t["temporal_map"] = np.zeros_like(x), np.zeros((1, 1, *x.shape[2:]), np.float32)
     loss, grad = lg.run(["loss", "grad"], {"image": x, **t})
     return float(loss), grad, lg, t
 

@@ -53,7 +53,7 @@ def build_manifest(
     import torch
 
     spec = settings.spec
-    kinds = {"image": "image", "guide": "guide", "loss": "loss", "grad": "gradient"}
+    kinds = {"image": "image", "guide": "guide", "loss": "loss", "grad": "gradient", "temporal_target": "temporal target", "temporal_map": "temporal map"}
     kinds.update({f"content_{n}": "content target" for n in spec.content_layers})
     kinds.update({f"gram_{n}": "style target" for n in spec.style_layers})
     kinds.update({f"gramsum_{n}": "style sum" for n in spec.style_layers})

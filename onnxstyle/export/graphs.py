@@ -23,6 +23,8 @@ from ..spec import LAYER_CHANNELS, LAYER_INDEX, LAYERS, LossSpec, layer_stride
 OPSET = 17
 IMAGE = "image"
 GUIDE = "guide"
+TEMPORAL_TARGET = "temporal_target"
+TEMPORAL_MAP = "temporal_map"
 EPS = 1e-8
 
 
@@ -266,7 +268,11 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     grad_img = b.op("Conv", [grad, b.init("prep_wT", mt)], "prep_bwd")
 
     terms["loss_tv"], tvg = _tv(b, spec)
-    b.named("Add", [grad_img, tvg], "grad")
+    grad_img = b.op("Add", [grad_img, tvg])
+    if spec.temporal:
+        terms["loss_temporal"], tg = _temporal(b)
+        grad_img = b.op("Add", [grad_img, tg])
+    b.named("Identity", [grad_img], "grad")
 
     total = None
     for k, t in terms.items():
@@ -279,6 +285,8 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
         style = {k: ["R", *v] for k, v in style.items()}
         inputs.append(_value_info(GUIDE, ["R", 1, "H", "W"]))
     inputs += [_value_info(k, v) for k, v in {**content, **style}.items()]
+    if spec.temporal:
+        inputs += [_value_info(TEMPORAL_TARGET, [1, 3, "H", "W"]), _value_info(TEMPORAL_MAP, [1, 1, "H", "W"])]
     inputs += weight_inputs
     outputs = [_value_info("loss", []), _value_info("grad", [1, 3, "H", "W"])]
     outputs += [_value_info(k, []) for k in terms]
@@ -411,6 +419,16 @@ def _tv(b: _Builder, spec: LossSpec) -> tuple[str, str]:
         ],
     )
     return loss, grad
+
+
+def _temporal(b: _Builder) -> tuple[str, str]:
+    """Ruder et al. 2016: temporal_weight · Σ c·(x-ω)² / D with D = 3·H·W, c broadcast over
+    the channels; its gradient is 2·temporal_weight·c·(x-ω)/D."""
+    d = b.op("Sub", [IMAGE, TEMPORAL_TARGET])
+    cd = b.op("Mul", [TEMPORAL_MAP, d])
+    scale = b.op("Div", ["temporal_weight", b.scalar_f(b.op("Size", [IMAGE]))])
+    loss = b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [cd, d])], keepdims=0), scale])
+    return loss, b.op("Mul", [cd, b.op("Mul", [scale, b.const(2.0)])])
 
 
 def _pad2(b: _Builder, x: str, rows: tuple[int, int], cols: tuple[int, int]) -> str:

@@ -137,6 +137,8 @@ def _names(spec: LossSpec) -> tuple[list[str], list[str]]:
     if spec.guided:
         features += [f"{k}_{n}" for n in spec.style_layers for k in ("gramsum", "mass")]
     terms = [f"loss_content_{n}" for n in spec.content_layers] + [f"loss_style_{n}" for n in spec.style_layers] + ["loss_tv"]
+    if spec.temporal:
+        terms.append("loss_temporal")
     return features, ["loss", "grad", *terms]
 
 
@@ -170,6 +172,10 @@ def _validate_size(feats: Any, lossg: Any, model: VGG19, spec: LossSpec, h: int,
         feeds[k] = np.concatenate([st[k], ct[k][1:]]) if spec.guided else st[k]
     if guide is not None:
         feeds["guide"] = guide
+    if spec.temporal:
+        # A warped previous frame and a soft reliability map, both unlike the image.
+        feeds["temporal_target"] = np.clip(image[:, ::-1] + 0.1, 0, 1).astype(np.float32)
+        feeds["temporal_map"] = two_regions(h, w)[:1]
     inputs = {i.name for i in lossg.get_inputs()}
     for k in sorted(set(feeds) - inputs):
         report.checks.append(OutputCheck("loss_grad", k, (h, w), problem="the graph has no such input"))

@@ -149,6 +149,9 @@ def reference_loss(
     else:
         tv = (x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).mean() + (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).mean()
     terms["loss_tv"] = w["tv_weight"] * tv
+    if spec.temporal:
+        c, target = targets["temporal_map"], targets["temporal_target"]
+        terms["loss_temporal"] = w["temporal_weight"] * (c * (image - target) ** 2).sum() / image.numel()
     total = torch.stack(list(terms.values())).sum()
     return total, terms
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import Interrupted, ModelsError
 from .colour import luminance_image, match_histogram, match_luminance, recombine_luminance
-from .engine import Engine
+from .engine import Engine, no_temporal
 from .image_io import fit_size, from_nchw, resize_longest, resize_to, to_nchw
 from .memory import check_fits
 from .optimize import Iterate, Objective, Result, adam, lbfgs, lbfgs_rounds, torch_lbfgs
@@ -88,11 +88,14 @@ class Stylizer:
         init_image: np.ndarray | None = None,
         masks: Sequence[np.ndarray] | None = None,
         objective_hook: ObjectiveHook | None = None,
+        temporal: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Result:
         """Optimize an image; content/styles are RGB float32 HxWx3 in [0,1], any size.
 
         ``masks``: greyscale HxW in [0,1] (any size, resized to the content). One mask:
         white is stylized, black keeps the content; one per style: each style in its region.
+        ``temporal``: (target RGB HxWx3, weight map HxW in [0,1]) for video: the previous
+        stylized frame warped to this one, and where that warp is reliable.
         Ctrl-C raises :class:`Interrupted` carrying the best result so far.
         """
         s = settings or RunSettings()
@@ -121,6 +124,7 @@ class Stylizer:
                 targets = self.targets(c, styles, s, side=size, regions=regions)
                 if self.engine.guided:
                     targets["guide"] = _guide(masks, hw)
+                targets.update(self._temporal(temporal, hw))
                 # Each stage starts from the previous result, upsampled (coarse-to-fine).
                 x0 = self.initial(c, styles, s, init_image) if x is None else to_nchw(resize_to(from_nchw(x), *hw))
                 offset = sum(r.evaluations for r in results)
@@ -138,6 +142,22 @@ class Stylizer:
         except KeyboardInterrupt as e:  # before the first evaluation of a stage
             raise Interrupted(self._finish(results, s, content) if results else None, e) from e
         return self._finish(results, s, content)
+
+    def _temporal(self, temporal: tuple[np.ndarray, np.ndarray] | None, hw: tuple[int, int]) -> dict[str, np.ndarray]:
+        if not self.engine.temporal:
+            if temporal is not None:
+                raise ModelsError(
+                    f"{self.engine.folder} is an export of format version {self.engine.manifest.version}, "
+                    f"without the temporal term for video; re-export with: {self.engine.fix_hint}"
+                )
+            return {}
+        if temporal is None:
+            return no_temporal(*hw)
+        target, weight = temporal
+        return {
+            "temporal_target": to_nchw(resize_to(np.asarray(target, np.float32), *hw)),
+            "temporal_map": resize_to(np.asarray(weight, np.float32), *hw)[None, None].astype(np.float32),
+        }
 
     def _check_inputs(self, styles: Sequence[np.ndarray], masks: list[np.ndarray]) -> None:
         if not styles:

@@ -22,21 +22,27 @@ from .providers import CPU, CUDA, TRT, physical_cores, provider_options, select_
 from .settings import EngineConfig
 
 ORT = "onnxruntime"
+OPENVINO = "openvino"
 
 
 @dataclass(frozen=True)
 class Availability:
-    """What this machine offers: onnxruntime's providers (empty: not installed)."""
+    """What this machine offers, as plain data (so selection is testable without it)."""
 
+    # onnxruntime's providers; empty: onnxruntime is not installed.
     ort_providers: tuple[str, ...] = ()
+    # OpenVINO's runtime is importable and lists a CPU device.
+    openvino: bool = False
+    # The CPU computes bf16 natively (AVX512_BF16 or AMX): OpenVINO then runs fp32 graphs in bf16.
+    bf16_native: bool = False
     cores: int = 1
 
 
 @dataclass(frozen=True)
 class BackendChoice:
-    backend: str  # "onnxruntime"
-    providers: tuple[str, ...]  # onnxruntime providers, best first
-    precision: str  # "fp32", "fp16"
+    backend: str  # "onnxruntime" or "openvino"
+    providers: tuple[str, ...]  # onnxruntime providers, best first (empty for OpenVINO)
+    precision: str  # "fp32", "fp16" (TensorRT), "bf16" (OpenVINO)
     device_id: int
     threads: int
 
@@ -46,6 +52,8 @@ class BackendChoice:
         return self.providers[:1] == (TRT,)
 
     def describe(self) -> str:
+        if self.backend == OPENVINO:
+            return f"OpenVINO CPU {self.precision}"
         return f"{self.providers[0]} {self.precision}"
 
 
@@ -59,29 +67,88 @@ def import_ort() -> Any:
     return ort
 
 
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.partition(":")[2].split())
+
+
+def openvino_info() -> tuple[bool, bool]:
+    """(OpenVINO usable on the CPU, the CPU has native bf16 as OpenVINO sees it)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False, False
+    try:
+        core = ov.Core()
+        if "CPU" not in core.available_devices:
+            return False, False
+        caps = set(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # a broken install is an absent one
+        return False, False
+    # OpenVINO lists BF16 where it has native kernels; the flags confirm it is not emulated.
+    native = "BF16" in caps and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return True, native
+
+
 def available_backends() -> Availability:
     try:
         providers = tuple(import_ort().get_available_providers())
     except MissingDependencyError:
         providers = ()
-    return Availability(providers, physical_cores())
+    has_ov, bf16 = openvino_info()
+    return Availability(providers, has_ov, bf16, physical_cores())
+
+
+def _openvino_choice(avail: Availability, config: EngineConfig, threads: int) -> BackendChoice:
+    if not avail.openvino:
+        raise MissingDependencyError("--device openvino needs OpenVINO: pip install 'onnxstyle[cpu]' (or pip install openvino)")
+    precision = config.precision
+    if precision == "auto":
+        precision = "bf16" if avail.bf16_native else "fp32"
+    if precision == "bf16" and not avail.bf16_native:
+        raise ProviderError("--precision bf16: this CPU has no native bf16 (AVX512_BF16 or AMX); OpenVINO runs fp32 here")
+    if precision == "fp16":
+        raise ProviderError("--precision fp16 is TensorRT's (--device tensorrt); OpenVINO runs bf16 or fp32")
+    return BackendChoice(OPENVINO, (), precision, config.device_id, threads)
+
+
+def _auto_device(avail: Availability, precision: str) -> str:
+    """TensorRT → CUDA → OpenVINO → onnxruntime CPU, among what can honour the precision."""
+    if TRT in avail.ort_providers and precision in ("auto", "fp32", "fp16"):
+        return "tensorrt"
+    if CUDA in avail.ort_providers and precision in ("auto", "fp32"):
+        return "cuda"
+    if avail.openvino and precision != "fp16":
+        return "openvino"
+    return "cpu"
 
 
 def select_backend(avail: Availability, config: EngineConfig) -> BackendChoice:
-    """The backend for ``config`` on a machine offering ``avail``; explicit requests that
-    cannot be met are errors, never silent fallbacks (a GPU asked for and a CPU used would
-    cost 50× the time without a word)."""
+    """The backend for ``config`` on a machine offering ``avail``.
+
+    ``auto`` takes TensorRT → CUDA → OpenVINO → onnxruntime's CPU provider, the fastest
+    correct path first; ``auto`` precision is bf16 where OpenVINO has native bf16, fp32
+    elsewhere (TensorRT's fp16 only when asked). Explicit requests that cannot be met are
+    errors, never silent fallbacks: a GPU asked for and a CPU used would cost 50× the time
+    without a word.
+    """
+    threads = config.threads or avail.cores
+    device = _auto_device(avail, config.precision) if config.device == "auto" else config.device
+    if device == "openvino":
+        return _openvino_choice(avail, config, threads)
     if not avail.ort_providers:
         raise MissingDependencyError("onnxruntime is not installed: pip install 'onnxstyle[cpu]' (or '[gpu]' for CUDA/TensorRT)")
-    if config.device == "openvino":
-        raise ProviderError("--device openvino is not available in this onnxstyle")
-    providers = select_providers(avail.ort_providers, config.device)
+    providers = select_providers(avail.ort_providers, device)
     precision = "fp32" if config.precision == "auto" else config.precision
     if precision == "fp16" and providers[0] != TRT:
         raise ProviderError(f"--precision fp16 needs TensorRT (--device tensorrt); {providers[0]} runs fp32")
     if precision == "bf16":
-        raise ProviderError(f"--precision bf16 needs a CPU with native bf16 and OpenVINO; {providers[0]} runs fp32")
-    return BackendChoice(ORT, tuple(providers), precision, config.device_id, config.threads or avail.cores)
+        raise ProviderError(f"--precision bf16 needs OpenVINO on a CPU with native bf16 (--device openvino); {providers[0]} runs fp32")
+    return BackendChoice(ORT, tuple(providers), precision, config.device_id, threads)
 
 
 class GraphRunner(Protocol):
@@ -92,7 +159,13 @@ class GraphRunner(Protocol):
     def close(self) -> None: ...
 
 
-def make_runner(choice: BackendChoice, folder: Path, graph: str, shapes: dict[str, tuple[int, ...]], fix_hint: str) -> GraphRunner:
+def make_runner(
+    choice: BackendChoice, folder: Path, graph: str, shapes: dict[str, tuple[int, ...]], fix_hint: str, weights: dict[str, float]
+) -> GraphRunner:
+    if choice.backend == OPENVINO:
+        from .openvino_backend import OpenVinoRunner
+
+        return OpenVinoRunner(choice, folder, graph, fix_hint, weights)
     return OrtRunner(choice, folder, graph, shapes, fix_hint)
 
 

@@ -10,6 +10,7 @@ given, which is exactly the plain loss.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,7 +67,10 @@ class Engine:
         self._runners: dict[tuple[str, int, int, int], GraphRunner] = {}
         self.feature_names = [o["name"] for o in self.manifest.outputs(FEATURES)]
         self.weight_defaults = self.manifest.weight_defaults
-        self.guided = any(i["name"] == "guide" for i in self.manifest.inputs(LOSS_GRAD))
+        lg_inputs = {i["name"] for i in self.manifest.inputs(LOSS_GRAD)}
+        self.guided = "guide" in lg_inputs
+        # Format 3 graphs take a temporal target and weight map (video); zeros switch it off.
+        self.temporal = "temporal_target" in lg_inputs
         self._features_guided = any(i["name"] == "guide" for i in self.manifest.inputs(FEATURES))
 
     @property
@@ -84,7 +88,12 @@ class Engine:
         runner = self._runners.get(key)
         if runner is None:
             shapes = {i["name"]: resolve_shape(i["shape"], height, width, regions) for i in self.manifest.inputs(graph)}
-            runner = make_runner(self.choice, self.folder, graph, shapes, self.fix_hint)
+            choice = self.choice
+            if graph == FEATURES and choice.precision == "bf16":
+                # The targets are computed once per stage: fp32 keeps them exact for the cost
+                # of a fraction of one evaluation; the hundreds of gradients run in bf16.
+                choice = dataclasses.replace(choice, precision="fp32")
+            runner = make_runner(choice, self.folder, graph, shapes, self.fix_hint, self.weight_defaults if graph == LOSS_GRAD else {})
             self._runners[key] = runner
         return runner
 
@@ -108,6 +117,8 @@ class Engine:
     ) -> LossGrad:
         _, _, h, w = image.shape
         feeds: dict[str, Any] = {"image": _f32(image), **targets}
+        if self.temporal and "temporal_target" not in feeds:
+            feeds.update(no_temporal(h, w))
         for k, v in (weights or {}).items():
             if k not in self.weight_defaults:
                 raise ModelsError(f"the export has no weight input {k!r}; it has {sorted(self.weight_defaults)}")
@@ -117,6 +128,11 @@ class Engine:
         res = runner.run(feeds, runner.output_names)
         terms = {k: float(v) for k, v in res.items() if k.startswith("loss_")}
         return LossGrad(float(res["loss"]), res["grad"], terms)
+
+
+def no_temporal(height: int, width: int) -> dict[str, np.ndarray]:
+    """The temporal inputs that switch the term off: a zero weight map (and any target)."""
+    return {"temporal_target": np.zeros((1, 3, height, width), np.float32), "temporal_map": np.zeros((1, 1, height, width), np.float32)}
 
 
 def _f32(a: np.ndarray) -> np.ndarray:

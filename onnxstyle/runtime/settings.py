@@ -65,6 +65,9 @@ class RunSettings:
     content_weight: float | None = None
     style_weight: float | None = None
     tv_weight: float | None = None
+    # Video: the weight of the temporal term (None: the export's default); it acts only where
+    # a run is given a temporal target and weight map.
+    temporal_weight: float | None = None
     # Several styles: their Gram targets are averaged with these weights (normalized to sum 1).
     style_blend: tuple[float, ...] | None = None
     # Style images are resized to size × style_scale (longest side) before their Grams are
@@ -118,7 +121,7 @@ class RunSettings:
             raise ValueError(f"init {self.init!r}: choose content, style, noise or image")
         if self.fit not in ("longest", "height"):
             raise ValueError(f"fit {self.fit!r}: longest or height")
-        for name in ("content_weight", "style_weight", "tv_weight"):
+        for name in ("content_weight", "style_weight", "tv_weight", "temporal_weight"):
             v = getattr(self, name)
             if v is not None and not (v >= 0 and v != float("inf")):
                 raise ValueError(f"{name.replace('_', '-')} {v}: must be a finite number ≥ 0")
@@ -145,7 +148,12 @@ class RunSettings:
 
     def weights(self) -> dict[str, float]:
         """The weight inputs to override in loss_grad (the export's defaults for the rest)."""
-        pairs = (("content_weight", self.content_weight), ("style_weight", self.style_weight), ("tv_weight", self.tv_weight))
+        pairs = (
+            ("content_weight", self.content_weight),
+            ("style_weight", self.style_weight),
+            ("tv_weight", self.tv_weight),
+            ("temporal_weight", self.temporal_weight),
+        )
         return {k: float(v) for k, v in pairs if v is not None}
 
 

@@ -42,6 +42,10 @@ def main(folder: str) -> None:
     if guided:
         # A soft mask, so the guided Gram path is differentiated too, not only the all-ones case.
         targets["guide"] = np.broadcast_to(np.linspace(0.2, 1.0, w, dtype=np.float32), (1, 1, h, w)).copy()
+    if "temporal_target" in wanted:
+        # A previous frame and a reliability map, so the temporal term is differentiated too.
+        targets["temporal_target"] = np.clip(image[:, :, ::-1] + 0.1, 0, 1).astype(np.float32)
+        targets["temporal_map"] = np.broadcast_to(np.linspace(1.0, 0.0, h, dtype=np.float32)[:, None], (1, 1, h, w)).copy()
     loss, grad = lossg.run(["loss", "grad"], {"image": image, **targets})
     g = grad.astype(np.float64)
     gn = float(np.linalg.norm(g))
