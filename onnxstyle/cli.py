@@ -600,5 +600,14 @@ def main() -> None:
     sys.exit(rc if isinstance(rc, int) else 0)
 
 
+# ---- commands in their own modules: they register on this app when imported ----------------
+from .video import command as _video_command  # noqa: E402,F401
+from .batch import command as _batch_command  # noqa: E402,F401
+from .serve import command as _serve_command  # noqa: E402,F401  (registers `serve`)
+
 if __name__ == "__main__":
-    main()
+    # As `python -m onnxstyle.cli` this file runs as __main__, while the commands above
+    # registered on the app of the module onnxstyle.cli: run that one.
+    from onnxstyle.cli import main as _main
+
+    _main()

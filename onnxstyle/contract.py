@@ -29,7 +29,10 @@ from .spec import (
 MANIFEST = "manifest.json"
 FEATURES = "features"
 LOSS_GRAD = "loss_grad"
+# The second pass of exact tiled evaluation (format 3); older folders run untiled only.
+TILE_GRAD = "tile_grad"
 GRAPHS = (f"{FEATURES}.onnx", f"{LOSS_GRAD}.onnx")
+OPTIONAL_GRAPHS = (f"{TILE_GRAD}.onnx",)
 # The manifest is also embedded in each graph under this key, so a graph copied on its
 # own still says what it computes.
 METADATA_KEY = "onnxstyle.manifest"
@@ -89,6 +92,9 @@ class Manifest:
             i["name"]: float(i["default"]) for i in self.data["graphs"]["loss_grad"]["inputs"] if i["kind"] == "weight"
         }
 
+    def has(self, graph: str) -> bool:
+        return graph in self.data["graphs"]
+
     def outputs(self, graph: str) -> list[dict[str, Any]]:
         return list(self.data["graphs"][graph]["outputs"])
 
@@ -115,7 +121,8 @@ def read_manifest(folder: Path, fix: str = "onnxstyle export") -> Manifest:
             f"{path} has format version {found}, this onnxstyle reads versions {readable} (writes {FORMAT_VERSION}); "
             f"re-export with: {fix}"
         )
-    for g in GRAPHS:
+    listed = set(data.get("graphs", {}))
+    for g in GRAPHS + tuple(g for g in OPTIONAL_GRAPHS if g[: -len(".onnx")] in listed):
         gp = folder / g
         if not gp.is_file():
             raise ModelsError(f"{gp} is missing; re-export with: {fix}")

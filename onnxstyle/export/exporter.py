@@ -19,9 +19,9 @@ from .. import __version__
 from ..errors import ExportError
 from ..models.vgg import VGG19
 from ..models.weights import VGGWeights, load_weights
-from ..contract import GRAPHS, MANIFEST, METADATA_KEY, default_export_dir
+from ..contract import GRAPHS, MANIFEST, METADATA_KEY, OPTIONAL_GRAPHS, default_export_dir
 from ..spec import FORMAT_VERSION, LAYER_CHANNELS, ExportSettings, LossSpec, export_key, file_sha256
-from .graphs import OPSET, Weights, build_features, build_loss_grad
+from .graphs import OPSET, Weights, build_features, build_loss_grad, build_tile_grad
 from .validate import DEFAULT_SIZES, SizeReport, validate_export
 
 
@@ -47,9 +47,7 @@ def _io_entries(model: onnx.ModelProto, kinds: dict[str, str], defaults: dict[st
     return {"inputs": ins, "outputs": outs}
 
 
-def build_manifest(
-    settings: ExportSettings, w: VGGWeights, features: onnx.ModelProto, loss_grad: onnx.ModelProto
-) -> dict[str, Any]:
+def build_manifest(settings: ExportSettings, w: VGGWeights, graphs: dict[str, onnx.ModelProto]) -> dict[str, Any]:
     import torch
 
     spec = settings.spec
@@ -58,6 +56,9 @@ def build_manifest(
     kinds.update({f"gram_{n}": "style target" for n in spec.style_layers})
     kinds.update({f"gramsum_{n}": "style sum" for n in spec.style_layers})
     kinds.update({f"mass_{n}": "style mass" for n in spec.style_layers})
+    kinds.update({"inner": "tile inner region"})
+    kinds.update({f"content_scale_{n}": "tile content scale" for n in spec.content_layers})
+    kinds.update({f"gramgrad_{n}": "tile gram gradient" for n in spec.style_layers})
     defaults = spec.weight_defaults()
     return {
         "format_version": FORMAT_VERSION,
@@ -82,10 +83,7 @@ def build_manifest(
             "numpy": np.__version__,
             "method": "adjoint graph built with onnx.helper from forward ops; validated against torch autograd",
         },
-        "graphs": {
-            "features": _io_entries(features, kinds, defaults),
-            "loss_grad": _io_entries(loss_grad, kinds, defaults),
-        },
+        "graphs": {name: _io_entries(model, kinds, defaults) for name, model in graphs.items()},
     }
 
 
@@ -107,9 +105,10 @@ def export(
     spec = settings.spec
     gw = Weights({k: v for k, v in w.convs.items()}, *w.preprocessing.affine())
     say(f"building graphs up to {spec.deepest} ({w.source} weights, {spec.pooling} pooling)")
-    features = build_features(spec, gw)
-    loss_grad = build_loss_grad(spec, gw)
-    manifest = build_manifest(settings, w, features, loss_grad)
+    graphs = {"features": build_features(spec, gw), "loss_grad": build_loss_grad(spec, gw)}
+    if spec.guided:
+        graphs["tile_grad"] = build_tile_grad(spec, gw)
+    manifest = build_manifest(settings, w, graphs)
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     # Write into a sibling temp folder and rename: readers never see a half-written
@@ -118,7 +117,9 @@ def export(
     try:
         blob = json.dumps(manifest, sort_keys=True)
         files = {}
-        for name, model in zip(GRAPHS, (features, loss_grad)):
+        for graph, model in graphs.items():
+            name = f"{graph}.onnx"
+            assert name in GRAPHS + OPTIONAL_GRAPHS
             onnx.helper.set_model_props(model, {METADATA_KEY: blob})
             onnx.save_model(model, str(tmp / name))
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(str(tmp / name))}

@@ -11,6 +11,7 @@ All spatial sizes are symbolic: one export serves every image size from 32 px up
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ IMAGE = "image"
 GUIDE = "guide"
 TEMPORAL_TARGET = "temporal_target"
 TEMPORAL_MAP = "temporal_map"
+INNER = "inner"
 EPS = 1e-8
 
 
@@ -192,22 +194,20 @@ def _pad_to(b: _Builder, g: str, like: str) -> str:
     return b.op("Pad", [g, pads], mode="constant")
 
 
-def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
-    """(image, targets, weights) → loss, grad = ∂loss/∂image, and each weighted term."""
-    b = _Builder()
-    content, style = _io_shapes(spec)
-    defaults = spec.weight_defaults()
-    weight_inputs = []
-    for k, v in defaults.items():
-        # An initializer that is also a graph input: fed when given, default otherwise,
-        # so a weight changes without a re-export.
-        b.init(k, np.array(v, np.float32))
-        weight_inputs.append(_value_info(k, []))
-    taps = _forward(b, spec, weights, IMAGE)
-    guides = _guides(b, spec) if spec.guided else {}
+TapGrads = dict[str, list[Callable[[], str]]]
 
-    tap_grads: dict[str, list[str]] = {}
-    terms: dict[str, str] = {}
+
+def _weight_inputs(b: _Builder, spec: LossSpec) -> list[onnx.ValueInfoProto]:
+    """Every loss weight as an initializer that is also a graph input: fed when given,
+    its default otherwise, so a weight changes without a re-export."""
+    out = []
+    for k, v in spec.weight_defaults().items():
+        b.init(k, np.array(v, np.float32))
+        out.append(_value_info(k, []))
+    return out
+
+
+def _content_terms(b: _Builder, spec: LossSpec, taps: dict[str, str], terms: dict[str, str], tap_grads: TapGrads) -> None:
     for n in spec.content_layers:
         p = f"content_{n}"
         f = taps[n]
@@ -218,14 +218,13 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
         if spec.relative:
             energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [p, p])], keepdims=0), b.const(EPS)])
             scale = b.op("Div", [scale, energy])
-        sq = b.op("ReduceSum", [b.op("Mul", [d, d])], keepdims=0)
-        terms[f"loss_content_{n}"] = b.op("Mul", [sq, scale])
-        tap_grads.setdefault(n, []).append(b.op("Mul", [d, b.op("Mul", [scale, b.const(2.0)])]))
+        terms[f"loss_content_{n}"] = b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [d, d])], keepdims=0), scale])
+        tap_grads.setdefault(n, []).append(lambda d=d, scale=scale: b.op("Mul", [d, b.op("Mul", [scale, b.const(2.0)])]))
+
+
+def _plain_style_terms(b: _Builder, spec: LossSpec, taps: dict[str, str], terms: dict[str, str], tap_grads: TapGrads) -> None:
+    """The unguided form (what format 1 and 2 folders hold; tests build it to check them)."""
     for n in spec.style_layers:
-        if spec.guided:
-            terms[f"loss_style_{n}"], gf = _guided_style(b, spec, taps[n], n, guides[n])
-            tap_grads.setdefault(n, []).append(gf)
-            continue
         a = f"gram_{n}"
         f = taps[n]
         g, m, inv = _gram(b, spec, f, n)
@@ -235,18 +234,26 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
             energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [a, a])], keepdims=0), b.const(EPS)])
             scale = b.op("Div", [scale, energy])
         terms[f"loss_style_{n}"] = b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [e, e])], keepdims=0), scale])
-        # dL/dG = 2·scale·E; G = M Mᵀ·inv  ⇒  dL/dM = (dG + dGᵀ) M · inv.
-        dg = b.op("Mul", [e, b.op("Mul", [scale, b.const(2.0)])])
-        sym = b.op("Add", [dg, b.op("Transpose", [dg], perm=[1, 0])])
-        dm = b.op("Mul", [b.op("MatMul", [sym, m]), inv])
-        tap_grads.setdefault(n, []).append(b.op("Reshape", [dm, b.op("Shape", [f])], f"{n}_gflat"))
 
-    # Backward through the network, deepest layer first.
+        def grad(e: str = e, scale: str = scale, m: str = m, inv: str = inv, f: str = f, n: str = n) -> str:
+            # dL/dG = 2·scale·E; G = M Mᵀ·inv  ⇒  dL/dM = (dG + dGᵀ) M · inv.
+            dg = b.op("Mul", [e, b.op("Mul", [scale, b.const(2.0)])])
+            sym = b.op("Add", [dg, b.op("Transpose", [dg], perm=[1, 0])])
+            dm = b.op("Mul", [b.op("MatMul", [sym, m]), inv])
+            return b.op("Reshape", [dm, b.op("Shape", [f])], f"{n}_gflat")
+
+        tap_grads.setdefault(n, []).append(grad)
+
+
+def _backward(b: _Builder, spec: LossSpec, weights: Weights, taps: dict[str, str], tap_grads: TapGrads) -> str:
+    """∂loss/∂image through the network, deepest layer first. Each tap's gradient is built
+    only when the chain reaches its layer, so the runtime computes (and holds) it late."""
     names = [name for name, *_ in LAYERS[: LAYER_INDEX[spec.deepest] + 1]]
     grad: str | None = None
     for i in range(len(names) - 1, -1, -1):
         name = names[i]
-        for tg in tap_grads.get(name, []):
+        for make in tap_grads.get(name, []):
+            tg = make()
             grad = tg if grad is None else b.op("Add", [grad, tg])
         assert grad is not None, "the deepest layer is always tapped"
         below = taps[names[i - 1]] if i > 0 else taps["prep"]
@@ -265,7 +272,26 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     assert grad is not None
     # Through the preprocessing (a per-pixel affine map M): grad_x = Mᵀ grad.
     mt = np.ascontiguousarray(weights.prep_m.T[:, :, None, None])
-    grad_img = b.op("Conv", [grad, b.init("prep_wT", mt)], "prep_bwd")
+    return b.op("Conv", [grad, b.init("prep_wT", mt)], "prep_bwd")
+
+
+def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
+    """(image, targets, weights) → loss, grad = ∂loss/∂image, and each weighted term."""
+    b = _Builder()
+    content, style = _io_shapes(spec)
+    weight_inputs = _weight_inputs(b, spec)
+    taps = _forward(b, spec, weights, IMAGE)
+    tap_grads: TapGrads = {}
+    terms: dict[str, str] = {}
+    _content_terms(b, spec, taps, terms, tap_grads)
+    if spec.guided:
+        guides = _guides(b, spec)
+        for n in spec.style_layers:
+            terms[f"loss_style_{n}"], make = _guided_style(b, spec, taps[n], n, guides[n])
+            tap_grads.setdefault(n, []).append(make)
+    else:
+        _plain_style_terms(b, spec, taps, terms, tap_grads)
+    grad_img = _backward(b, spec, weights, taps, tap_grads)
 
     terms["loss_tv"], tvg = _tv(b, spec)
     grad_img = b.op("Add", [grad_img, tvg])
@@ -294,6 +320,48 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     return _model(graph)
 
 
+def build_tile_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
+    """The second pass of an exact tiled evaluation: one tile's share of ∂loss/∂image.
+
+    Inputs: the tile (image with its halo), ``guide`` = mask × inner region, ``inner`` (1 on
+    the tile's own region, 0 on the halo), the content targets cropped to the tile,
+    ``content_scale_<l>`` = 2·(the content term's factor), and ``gramgrad_<l>`` = ∂loss/∂S_l,
+    the gradient with respect to the *global* raw Gram sum S_l = Σ_p (f_p m_p)(f_p m_p)ᵀ,
+    computed by the runtime from the first pass. Tap gradients are non-zero on the inner
+    region only, so the tiles' outputs summed over their extents are exactly the untiled
+    gradient (the halo covers the receptive field; see runtime/tiling.py).
+    """
+    b = _Builder()
+    content, _ = _io_shapes(spec)
+    taps = _forward(b, spec, weights, IMAGE)
+    guides = _guides(b, spec, GUIDE)
+    inner = _guides(b, spec, INNER)
+    tap_grads: TapGrads = {}
+    for n in spec.content_layers:
+        d = b.op("Mul", [b.op("Sub", [taps[n], f"content_{n}"]), inner[n]])
+        tap_grads.setdefault(n, []).append(lambda d=d, n=n: b.op("Mul", [d, f"content_scale_{n}"]))
+    for n in spec.style_layers:
+        tap_grads.setdefault(n, []).append(lambda n=n: _gram_backward(b, taps[n], n, guides[n], f"gramgrad_{n}"))
+    b.named("Identity", [_backward(b, spec, weights, taps, tap_grads)], "grad")
+    inputs = [_value_info(IMAGE, [1, 3, "H", "W"]), _value_info(GUIDE, ["R", 1, "H", "W"]), _value_info(INNER, [1, 1, "H", "W"])]
+    inputs += [_value_info(k, v) for k, v in content.items()]
+    inputs += [_value_info(f"content_scale_{n}", []) for n in spec.content_layers]
+    inputs += [_value_info(f"gramgrad_{n}", ["R", LAYER_CHANNELS[n], LAYER_CHANNELS[n]]) for n in spec.style_layers]
+    graph = helper.make_graph(b.nodes, "onnxstyle_tile_grad", inputs, [_value_info("grad", [1, 3, "H", "W"])], b.inits)
+    return _model(graph)
+
+
+def _gram_backward(b: _Builder, f: str, name: str, guide: str, gram_grad: str) -> str:
+    """∂loss/∂f for S_r = Σ_p (f_p m_rp)(f_p m_rp)ᵀ given D_r = ∂loss/∂S_r: Σ_r (D_r+D_rᵀ)(f∘m_r) ∘ m_r."""
+    c = LAYER_CHANNELS[name]
+    fl = b.op("Reshape", [f, b.const([c, -1], np.int64)])  # [C, hw]
+    mr = b.op("Reshape", [guide, b.const([0, 1, -1], np.int64)])  # [R, 1, hw]
+    sym = b.op("Add", [gram_grad, b.op("Transpose", [gram_grad], perm=[0, 2, 1])])
+    dm = b.op("MatMul", [sym, b.op("Mul", [fl, mr])])  # [R, C, hw]
+    dfl = b.op("ReduceSum", [b.op("Mul", [dm, mr]), b.const([0], np.int64)], keepdims=0)
+    return b.op("Reshape", [dfl, b.op("Shape", [f])])
+
+
 def _style_scale(b: _Builder, spec: LossSpec, name: str) -> str:
     """Weight × reduction factor of a style layer's Σ(G-A)² (before the relative division)."""
     c = LAYER_CHANNELS[name]
@@ -308,11 +376,11 @@ def _style_scale(b: _Builder, spec: LossSpec, name: str) -> str:
     return scale
 
 
-def _guides(b: _Builder, spec: LossSpec) -> dict[str, str]:
-    """The guide [R,1,H,W] at every layer's resolution: 2×2 average pooling at each pool,
+def _guides(b: _Builder, spec: LossSpec, source: str = "guide") -> dict[str, str]:
+    """A mask input [R,1,H,W] at every layer's resolution: 2×2 average pooling at each pool,
     floor mode like the network, so masks and feature maps stay aligned."""
     out: dict[str, str] = {}
-    g = GUIDE
+    g = source
     for name, kind, _, _ in LAYERS[: LAYER_INDEX[spec.deepest] + 1]:
         if kind == "pool":
             g = b.op("AveragePool", [g], f"{name}_guide", kernel_shape=[2, 2], strides=[2, 2])
@@ -349,9 +417,9 @@ def _guided_gram(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) -> 
     return _GuidedGram(b.op("Mul", [raw, inv], f"{name}_ggram"), raw, mass, inv, m, mr)
 
 
-def _guided_style(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) -> tuple[str, str]:
+def _guided_style(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) -> tuple[str, Callable[[], str]]:
     """Guided Gram loss (Gatys et al. 2017) over R regions, each against its own target A_r;
-    returns (loss, dL/df)."""
+    returns (loss, a builder of dL/df for when the backward chain reaches this layer)."""
     gg = _guided_gram(b, spec, f, name, guide)
     a = f"gram_{name}"
     e = b.op("Sub", [gg.gram, a])
@@ -362,11 +430,13 @@ def _guided_style(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) ->
         scale = b.op("Div", [scale, energy])  # [R,1,1]
     sq = b.op("ReduceSum", [b.op("Mul", [e, e]), axes12], keepdims=1)
     loss = b.op("ReduceSum", [b.op("Mul", [sq, scale])], keepdims=0)
-    dg = b.op("Mul", [e, b.op("Mul", [scale, b.const(2.0)])])
-    sym = b.op("Add", [dg, b.op("Transpose", [dg], perm=[0, 2, 1])])
-    dm = b.op("Mul", [b.op("MatMul", [sym, gg.m]), gg.inv])  # [R, C, hw]
-    dfl = b.op("ReduceSum", [b.op("Mul", [dm, gg.mr]), b.const([0], np.int64)], keepdims=0)  # [C, hw]
-    return loss, b.op("Reshape", [dfl, b.op("Shape", [f])])
+
+    def grad() -> str:
+        # ∂loss/∂S_r = 2·scale_r·inv_r·(G_r − A_r), then the same chain as the tiled pass.
+        dgram = b.op("Mul", [e, b.op("Mul", [b.op("Mul", [scale, gg.inv]), b.const(2.0)])])
+        return _gram_backward(b, f, name, guide, dgram)
+
+    return loss, grad
 
 
 def _tv(b: _Builder, spec: LossSpec) -> tuple[str, str]:

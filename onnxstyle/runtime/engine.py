@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import FEATURES, LOSS_GRAD, Manifest, read_manifest
+from ..contract import FEATURES, LOSS_GRAD, TILE_GRAD, Manifest, read_manifest
 from ..errors import ModelsError
 from .backends import BackendChoice, GraphRunner, available_backends, make_runner, select_backend
 from .settings import EngineConfig
@@ -137,3 +137,20 @@ def no_temporal(height: int, width: int) -> dict[str, np.ndarray]:
 
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+class TileGrad:
+    """The tiled pass's gradient graph of an engine, as a function of its feeds."""
+
+    def __init__(self, engine: Engine) -> None:
+        if not engine.manifest.has(TILE_GRAD):
+            raise ModelsError(
+                f"{engine.folder} (format version {engine.manifest.version}) has no tile graph for large images; "
+                f"re-export with: {engine.fix_hint}"
+            )
+        self.engine = engine
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        _, _, h, w = feeds["image"].shape
+        runner = self.engine._runner(TILE_GRAD, h, w, feeds["guide"].shape[0])
+        return runner.run({k: _f32(v) for k, v in feeds.items()}, ["grad"])["grad"]

@@ -6,7 +6,12 @@ import math
 from pathlib import Path
 
 from ..errors import ResourceError
+from typing import TYPE_CHECKING
+
 from ..spec import LAYER_CHANNELS, LAYER_INDEX, LAYERS, LossSpec, layer_stride
+
+if TYPE_CHECKING:
+    from .settings import RunSettings
 
 # Calibrated on the default export: 3 evaluations at 512x384 peak at 1290 MB
 # (benchmarks/results/speed.md), where activation_bytes (every conv and ReLU output of one
@@ -59,3 +64,8 @@ def check_fits(spec: LossSpec, height: int, width: int, optimizer: str, history:
             f"optimizer's history) but {have / 2**30:.1f} GiB is available; use a smaller --size"
         )
     return need
+
+
+def estimate_run_bytes(spec: LossSpec, height: int, width: int, settings: "RunSettings") -> int:
+    """Peak memory of a whole run whose output is height × width (the largest stage decides)."""
+    return working_set_bytes(spec, height, width, settings.optimizer, settings.lbfgs_history)

@@ -1,0 +1,213 @@
+"""Where the workers run: local processes (the default) or Ray actors (``--ray``).
+
+Both give the same thing: ``map_unordered(method, tasks)`` calls a :class:`Worker` method per
+task on warm workers and yields (key, result or exception) as they finish, so the driver
+reports each item as it lands and goes on after a failure. Threads are split so that
+workers × threads never exceeds the cores (or, on Ray, each actor's ``num_cpus``): Ray's
+OMP_NUM_THREADS does not reach onnxruntime or OpenVINO, so the engine is told explicitly.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+import os
+import signal
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from ..errors import MissingDependencyError
+from ..runtime.providers import physical_cores
+from .worker import ModelsSource, Worker, WorkerSpec
+
+Task = tuple[Any, tuple[Any, ...]]  # (key, arguments of the worker method)
+
+
+@dataclass(frozen=True)
+class Split:
+    workers: int
+    threads: int
+
+
+def split_cores(cores: int, items: int, workers: int | None = None, threads: int | None = None, memory_cap: int | None = None) -> Split:
+    """Workers and threads each, with workers × threads ≤ cores unless both were given.
+
+    By default one single-threaded worker per core: a Gatys run alternates the graphs with
+    scipy's serial L-BFGS step, so separate processes keep the cores busier than threads in
+    one (benchmarks/results/batch.md). Never more workers than items, nor than fit in memory.
+    """
+    cap = max(1, min(items or 1, memory_cap or cores))
+    if workers is not None and threads is not None:
+        return Split(workers, threads)
+    if workers is not None:
+        return Split(workers, max(1, cores // workers))
+    if threads is not None:
+        return Split(max(1, min(cap, cores // threads)), threads)
+    w = max(1, min(cores, cap))
+    return Split(w, max(1, cores // w))
+
+
+# ---- local processes ------------------------------------------------------------------------
+_WORKER: Worker | None = None
+
+
+def _init_local(spec: WorkerSpec, threads: int) -> None:
+    global _WORKER
+    # Ctrl-C reaches the whole process group: the driver alone handles it (it stops the pool),
+    # so a worker never dies half-way through writing a reply.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WORKER = Worker(spec, threads)
+
+
+def _call_local(job: tuple[str, Any, tuple[Any, ...]]) -> tuple[Any, Any]:
+    method, key, args = job
+    assert _WORKER is not None
+    try:
+        return key, getattr(_WORKER, method)(*args)
+    except Exception as e:  # noqa: BLE001 - reported for this item; the batch goes on
+        return key, e
+
+
+class LocalWorkers:
+    """Processes each holding a warm :class:`Worker` (spawned, so no thread state is forked).
+
+    A worker process that dies (the kernel's OOM killer, a crash in a native library) fails
+    the items it held, and a fresh pool takes the rest."""
+
+    def __init__(self, spec: WorkerSpec, split: Split) -> None:
+        self.spec = spec
+        self.split = split
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        ctx = multiprocessing.get_context("spawn")
+        return ProcessPoolExecutor(self.split.workers, ctx, initializer=_init_local, initargs=(self.spec, self.split.threads))
+
+    def __enter__(self) -> "LocalWorkers":
+        return self
+
+    def map_unordered(self, method: str, tasks: Iterable[Task]) -> Iterator[tuple[Any, Any]]:
+        """Two tasks in flight per worker: one running, one ready the moment it finishes."""
+        todo = iter(tasks)
+        flight: dict[Future[tuple[Any, Any]], Any] = {}
+
+        def fill() -> None:
+            while len(flight) < 2 * self.split.workers and (task := next(todo, None)) is not None:
+                key, args = task
+                flight[self._pool.submit(_call_local, (method, key, args))] = key
+
+        fill()
+        while flight:
+            done, _ = wait(flight, return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                key = flight.pop(fut)
+                try:
+                    yield fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    yield key, RuntimeError("the worker process died (out of memory?)")
+            if broken:
+                for fut, key in list(flight.items()):
+                    yield key, RuntimeError("the worker process died (out of memory?)")
+                flight.clear()
+                self._pool.shutdown(wait=False)
+                self._pool = self._start()
+            fill()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if kind is not None:  # Ctrl-C or an error: drop the items in progress (none was written)
+            for proc in list(getattr(self._pool, "_processes", {}).values()):
+                proc.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- Ray ------------------------------------------------------------------------------------
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise MissingDependencyError("--ray needs Ray: pip install 'onnxstyle[ray]'") from None
+    return ray
+
+
+class RayWorkers:
+    """Ray actors, each a warm :class:`Worker` with ``num_cpus`` = its engine's threads.
+
+    With no address (and no RAY_ADDRESS), Ray starts in this process on this machine and is
+    shut down at the end; the models folder and the inputs are then read by path. On a
+    cluster they travel through the object store: the models once, each input as its bytes.
+    """
+
+    def __init__(
+        self, spec: WorkerSpec, threads: int, workers: int | None, address: str | None = None, ship: bool | None = None
+    ) -> None:
+        self.ray = import_ray()
+        self.started = False
+        if not self.ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS") or None
+            if address:
+                self.ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+            else:
+                self.ray.init(num_cpus=physical_cores(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+                self.started = True
+        # Paths are read where they are when every node is this machine; else files travel.
+        self.local = not ship if ship is not None else _single_machine(self.ray)
+        if not self.local:
+            spec = _with_blobs(self.ray, spec)
+        self.spec = spec
+        total = int(self.ray.cluster_resources().get("CPU", 1))
+        self.split = Split(workers or max(1, total // threads), threads)
+        actor = self.ray.remote(Worker).options(num_cpus=threads)
+        self.actors = [actor.remote(spec, threads) for _ in range(self.split.workers)]
+
+    def __enter__(self) -> "RayWorkers":
+        return self
+
+    def map_unordered(self, method: str, tasks: Iterable[Task]) -> Iterator[tuple[Any, Any]]:
+        """Two tasks queued per actor: one running, one ready the moment it finishes."""
+        todo = iter(tasks)
+        flight: dict[Any, tuple[Any, Any]] = {}
+
+        def submit(actor: Any) -> None:
+            task = next(todo, None)
+            if task is not None:
+                key, args = task
+                flight[getattr(actor, method).remote(*args)] = (actor, key)
+
+        for actor in self.actors:
+            submit(actor)
+            submit(actor)
+        while flight:
+            ready, _ = self.ray.wait(list(flight), num_returns=1)
+            actor, key = flight.pop(ready[0])
+            try:
+                yield key, self.ray.get(ready[0])
+            except self.ray.exceptions.RayError as e:  # the task or its actor failed
+                yield key, e
+            submit(actor)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+        if self.started:
+            self.ray.shutdown()
+
+
+def _single_machine(ray: Any) -> bool:
+    here = ray.util.get_node_ip_address()
+    return all(n["NodeManagerAddress"] == here for n in ray.nodes() if n.get("Alive"))
+
+
+def _with_blobs(ray: Any, spec: WorkerSpec) -> WorkerSpec:
+    """The models folder's files in the object store, once, for actors on other machines."""
+    import dataclasses
+
+    folder = Path(spec.models.folder)
+    names = ["manifest.json", "features.onnx", "loss_grad.onnx"]
+    blobs = {n: ray.put((folder / n).read_bytes()) for n in names}
+    return dataclasses.replace(spec, models=ModelsSource(spec.models.folder, spec.models.fix, blobs))

@@ -1,0 +1,162 @@
+"""The worker of a batch: one warm stylizer that takes images (or video chunks) one after
+another, in a local process or as a Ray actor.
+
+Bytes in, bytes out: a worker decodes its input (a path it can read, or the file's bytes when
+it runs on another machine) and returns the encoded PNG; the driver alone writes files, so an
+output is either whole or absent whatever happens to a worker.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import ImageError, OnnxStyleError, OptimizationError
+from ..runtime.image_io import DEFAULT_MAX_PIXELS, encode_image, fit_size, from_nchw, load_image, probe_image, resize_to
+from ..runtime.settings import EngineConfig, RunSettings
+
+if TYPE_CHECKING:
+    from ..video.temporal import VideoSettings
+
+EXIT_USAGE = 2  # a setting refused for this item (ValueError), as the CLI reports it
+
+
+@dataclass(frozen=True)
+class ModelsSource:
+    """Where a worker finds the export: a folder it can read (this machine, a shared path),
+    or the files' bytes in Ray's object store (put there once, fetched once per actor)."""
+
+    folder: str
+    fix: str
+    # File name → object reference of its bytes; None: read ``folder`` directly.
+    blobs: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs, sent once when it starts (picklable)."""
+
+    models: ModelsSource
+    config: EngineConfig
+    styles: list[np.ndarray]  # decoded once by the driver, at the size the runs use
+    settings: RunSettings
+    ext: str = ".png"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # Written into each output PNG next to the settings (the styles' names, the models).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One item's result: the encoded output, or the one-line error and its exit code."""
+
+    name: str
+    data: bytes | None
+    error: str | None = None
+    exit_code: int = 0
+    evaluations: int = 0
+    seconds: float = 0.0
+
+
+class Worker:
+    """A warm stylizer for one batch; a Ray actor class as it is (see pools.RayWorkers)."""
+
+    def __init__(self, spec: WorkerSpec, threads: int | None = None) -> None:
+        from ..runtime.api import Stylizer
+
+        self.spec = spec
+        config = spec.config if threads is None else spec.config.replace(threads=threads)
+        self.stylizer = Stylizer(_models_folder(spec.models), config, spec.models.fix)
+
+    def threads(self) -> int:
+        return self.stylizer.engine.threads
+
+    def image(self, name: str, path: str | None, data: bytes | None = None) -> Outcome:
+        """Stylize one image, given as a readable path or as its bytes; errors are returned,
+        never raised, so one bad item does not stop the batch (Ctrl-C still stops it)."""
+        try:
+            rgb, alpha = self._load(name, path, data)
+            result = self.stylizer.run(rgb, self.spec.styles, self.spec.settings)
+            if result.error:
+                raise OptimizationError(result.error)
+            out = from_nchw(result.image)
+            if alpha is not None:
+                alpha = resize_to(alpha, *out.shape[:2])
+            meta = {"onnxstyle": __version__, "content": name, "settings": _settings_record(self.spec.settings), **self.spec.meta}
+            encoded = encode_image(out, self.spec.ext, alpha, {"onnxstyle": json.dumps(meta)})
+            return Outcome(name, encoded, evaluations=result.evaluations, seconds=result.elapsed)
+        except OnnxStyleError as e:
+            return Outcome(name, None, str(e), e.exit_code)
+        except ValueError as e:
+            return Outcome(name, None, str(e), EXIT_USAGE)
+        except MemoryError:
+            return Outcome(name, None, f"{name}: out of memory; try a smaller --size", 1)
+
+    def chunk(self, frames: np.ndarray, video: VideoSettings) -> tuple[np.ndarray, int]:
+        """A run of consecutive video frames (uint8 [N,H,W,3]) stylized in order with temporal
+        consistency, from the first frame's own init: (uint8 [N,H,W,3], evaluations)."""
+        from ..video.temporal import stylize_frames
+
+        inputs = ((i, f.astype(np.float32) / 255.0, None) for i, f in enumerate(frames))
+        outs, evaluations = [], 0
+        for _, out, result in stylize_frames(self.stylizer, inputs, self.spec.styles, self.spec.settings, video):
+            outs.append(np.round(np.clip(out, 0, 1) * 255).astype(np.uint8))
+            evaluations += result.evaluations
+        return np.stack(outs), evaluations
+
+    def _load(self, name: str, path: str | None, data: bytes | None) -> tuple[np.ndarray, np.ndarray | None]:
+        if data is None:
+            assert path is not None
+            return self._decode(Path(path))
+        with tempfile.TemporaryDirectory(prefix="onnxstyle-item-") as tmp:
+            # load_image's checks (bombs, truncation, orientation) work on files: the bytes
+            # become one under the item's own name, which error messages then carry.
+            p = Path(tmp) / Path(name).name
+            p.write_bytes(data)
+            try:
+                return self._decode(p)
+            except ImageError as e:
+                raise ImageError(str(e).replace(str(p), name)) from None
+
+    def _decode(self, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+        s = self.spec.settings
+        h, w = fit_size(*probe_image(path, self.spec.max_pixels).oriented, s.stages()[-1][0], s.fit)
+        return load_image(path, max(h, w), self.spec.max_pixels)
+
+
+def _settings_record(settings: RunSettings) -> dict[str, Any]:
+    from ..jobs import settings_record
+
+    return settings_record(settings)
+
+
+def _models_folder(source: ModelsSource) -> Path:
+    """The export's folder on this machine: the given one, or a copy of the blobs made once
+    per machine (a folder named by the manifest's hash, shared by the actors there)."""
+    if source.blobs is None:
+        return Path(source.folder)
+    import hashlib
+    import os
+
+    import ray
+
+    manifest = ray.get(source.blobs["manifest.json"])
+    folder = Path(tempfile.gettempdir()) / f"onnxstyle-models-{hashlib.sha256(manifest).hexdigest()[:16]}"
+    if (folder / "manifest.json").is_file():
+        return folder
+    staging = Path(tempfile.mkdtemp(prefix=".onnxstyle-models-", dir=tempfile.gettempdir()))
+    for name, ref in source.blobs.items():
+        (staging / name).write_bytes(ray.get(ref))
+    try:
+        os.replace(staging, folder)  # atomic; another actor may have won the race
+    except OSError:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder

@@ -1,0 +1,203 @@
+"""A job request checked and turned into a job: settings validated, images refused from their
+header or proven by decoding, memory admitted, inputs stored as arrays in the job's folder.
+
+Every refusal is an :class:`ApiError` with the HTTP status and a one-line message naming the
+part of the request at fault ("content", "style 2", "settings.size"), never a server path.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import ImageError
+from ..runtime.image_io import ImageHeader, fit_size, load_image, read_header
+from ..runtime.memory import estimate_run_bytes
+from ..runtime.settings import RunSettings, preset_run_settings
+from ..spec import LossSpec, canonical_preset
+from .settings import ServeConfig
+from .store import QUEUED, JobRecord, JobStore, input_names, new_job_id, save_array, settings_record
+
+# Below this the deepest VGG layers (stride 16) would see no pixels at all.
+MIN_SIDE = 16
+
+
+class ApiError(Exception):
+    """A request refused: HTTP status and a one-line message for the ``{"error": …}`` body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class RemoteSettings(BaseModel):
+    """The stylize options that make sense remotely (the CLI's names, JSON types)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    preset: Optional[str] = None
+    size: Optional[int] = Field(None, ge=32)
+    iterations: Optional[int] = Field(None, ge=1)
+    content_weight: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
+    style_weight: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
+    tv_weight: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
+    style_blend: Optional[list[float]] = None
+    style_scale: Optional[float] = Field(None, ge=0.05, le=4.0)
+    init: Optional[Literal["content", "style", "noise"]] = None
+    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
+    optimizer: Optional[Literal["lbfgs", "torch-lbfgs", "keras-lbfgs", "adam"]] = None
+    lr: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
+    preserve_color: Optional[Literal["luminance", "histogram"]] = None
+    scales: Optional[list[int]] = None
+    scale_iterations: Optional[list[int]] = None
+
+
+SETTING_NAMES = tuple(RemoteSettings.model_fields)
+
+
+def _validation_message(e: ValidationError) -> str:
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "settings"
+    text = f"settings.{where}: {first['msg']}"
+    if first["type"] == "extra_forbidden":
+        text += f" (known settings: {', '.join(SETTING_NAMES)})"
+    return text
+
+
+def parse_settings(text: str | None, styles: int, export_preset: str, config: ServeConfig) -> RunSettings:
+    """The ``settings`` field: 400 if it is not JSON, 422 if it asks for what cannot be run."""
+    try:
+        raw = json.loads(text) if text and text.strip() else {}
+    except ValueError as e:
+        raise ApiError(400, f"settings: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ApiError(422, "settings: expected a JSON object such as {\"size\": 256}")
+    try:
+        remote = RemoteSettings.model_validate(raw)
+    except ValidationError as e:
+        raise ApiError(422, _validation_message(e)) from None
+    preset = canonical_preset(remote.preset or export_preset)
+    if preset != export_preset:
+        raise ApiError(422, f"settings.preset {remote.preset!r}: this server runs the {export_preset} export")
+    explicit = remote.model_dump(exclude={"preset", "lr"})
+    for key in ("style_blend", "scales", "scale_iterations"):
+        if explicit[key] is not None:
+            explicit[key] = tuple(explicit[key])
+    try:
+        settings = preset_run_settings(preset, adam_lr=remote.lr, **explicit)
+        stages = settings.stages()
+    except ValueError as e:
+        raise ApiError(422, f"settings: {e}") from None
+    if settings.style_blend is not None:
+        from ..runtime.api import blend_weights  # loads scipy: only when a blend is asked for
+
+        try:
+            blend_weights(styles, settings.style_blend)
+        except ValueError as e:
+            raise ApiError(422, f"settings.style_blend: {e}") from None
+    largest = max(size for size, _ in stages)
+    if largest > config.max_size:
+        raise ApiError(422, f"settings: {largest} px is over this server's limit of {config.max_size} px (--max-size)")
+    if settings.total_evaluations() > config.max_evaluations:
+        raise ApiError(
+            422, f"settings: {settings.total_evaluations()} evaluations is over this server's limit of {config.max_evaluations}"
+        )
+    return settings
+
+
+@dataclass(frozen=True)
+class Upload:
+    label: str  # "content", "style 1", …: how messages name it
+    data: bytes
+
+
+def check_header(upload: Upload, max_pixels: int) -> ImageHeader:
+    """415 unless the header is an image's; 413 for a decompression bomb, before decoding."""
+    if not upload.data:
+        raise ApiError(415, f"{upload.label}: the file is empty")
+    try:
+        # No limit here: over the limit is a 413 (with the limit in it), not an unreadable file.
+        header = read_header(upload.data, Path(upload.label), sys.maxsize)
+    except ImageError as e:
+        raise ApiError(415, str(e)) from None
+    if header.pixels > max_pixels:
+        raise ApiError(
+            413,
+            f"{upload.label}: {header.width}x{header.height} is {header.pixels / 1e6:.0f} M pixels, over this server's "
+            f"limit of {max_pixels / 1e6:.0f} M pixels (a decompression bomb?)",
+        )
+    return header
+
+
+def plan_size(header: ImageHeader, settings: RunSettings) -> tuple[int, int]:
+    """(height, width) of the result; 422 if a stage would be too thin for the network."""
+    h, w = header.oriented
+    smallest = fit_size(h, w, settings.stages()[0][0], settings.fit)
+    if min(smallest) < MIN_SIDE:
+        raise ApiError(422, f"content: {w}x{h} is too elongated for {settings.stages()[0][0]} px (a side under {MIN_SIDE} px)")
+    return fit_size(h, w, settings.stages()[-1][0], settings.fit)
+
+
+def admit_memory(spec: LossSpec, hw: tuple[int, int], settings: RunSettings, share: int | None) -> int:
+    """The run's estimated peak; 422 if it cannot fit one worker's share of the budget."""
+    need = estimate_run_bytes(spec, hw[0], hw[1], settings)
+    if share is not None and need > share:
+        raise ApiError(
+            422,
+            f"{hw[1]}x{hw[0]} needs about {need / 2**30:.2f} GiB, over a worker's share of this server's memory "
+            f"budget ({share / 2**30:.2f} GiB); use a smaller size",
+        )
+    return need
+
+
+def _decode(upload: Upload, folder: Path, side: int, max_pixels: int) -> tuple[Any, Any]:
+    """Decode once (proving the file is an image) at the side it is used at, in the job's folder."""
+    tmp = folder / "upload.tmp"
+    tmp.write_bytes(upload.data)
+    try:
+        return load_image(tmp, side, max_pixels)
+    except ImageError as e:
+        raise ApiError(415, str(e).replace(str(tmp), upload.label)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def prepare_job(
+    store: JobStore, config: ServeConfig, spec: LossSpec, share: int | None, content: Upload, styles: list[Upload], settings: RunSettings
+) -> JobRecord:
+    """Check and decode the uploads into a new job's folder; the queued record to submit."""
+    content_header = check_header(content, config.max_pixels)
+    for style in styles:
+        check_header(style, config.max_pixels)
+    h, w = plan_size(content_header, settings)
+    estimate = admit_memory(spec, (h, w), settings, share)
+    job_id = new_job_id()
+    folder = store.job_dir(job_id)
+    folder.mkdir(parents=True)
+    try:
+        rgb, alpha = _decode(content, folder, max(h, w), config.max_pixels)
+        save_array(folder / "content.npy", rgb)
+        if alpha is not None:
+            save_array(folder / "alpha.npy", alpha)
+        # Styles at the side their Grams are taken at (as the CLI's StylizeJob does).
+        style_side = max(32, round(max(settings.size, h, w) * settings.style_scale))
+        for i, (style, name) in enumerate(zip(styles, input_names(len(styles))[1:])):
+            srgb, _ = _decode(style, folder, style_side, config.max_pixels)
+            if min(srgb.shape[:2]) < MIN_SIDE:
+                raise ApiError(422, f"{style.label}: too elongated for a {style_side} px style image (a side under {MIN_SIDE} px)")
+            save_array(folder / name, srgb)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return JobRecord(
+        id=job_id, status=QUEUED, created=time.time(), iterations=settings.total_evaluations(), width=w, height=h,
+        styles=len(styles), settings=settings_record(settings), estimate=estimate, stages=len(settings.stages()),
+    )

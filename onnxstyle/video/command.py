@@ -1,0 +1,225 @@
+"""The ``onnxstyle video`` command: paths, progress, printing and exit codes of a video run."""
+
+from __future__ import annotations
+
+import time
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..cli import (
+    ENGINE,
+    EXIT_USAGE,
+    RUN,
+    ContentWeightOpt,
+    DeviceIdOpt,
+    DeviceOpt,
+    IterationsOpt,
+    MaxPixelsOpt,
+    ModelsOpt,
+    OptimizerOpt,
+    PoolingOpt,
+    Precision,
+    PrecisionOpt,
+    PresetOpt,
+    PreserveColorOpt,
+    QuietOpt,
+    SeedOpt,
+    SizeOpt,
+    StyleBlendOpt,
+    StyleScaleOpt,
+    StyleWeightOpt,
+    ThreadsOpt,
+    TvWeightOpt,
+    WeightsOpt,
+    _duration,
+    _engine_config,
+    _fail,
+    _interrupt_code,
+    _models_preset,
+    _open_stylizer,
+    _say,
+    _sigterm_as_interrupt,
+    app,
+    err,
+    handle_errors,
+)
+from ..errors import Interrupted
+from ..progress import PLAIN_INTERVAL, terms_text
+from ..runtime.image_io import DEFAULT_MAX_PIXELS
+from ..runtime.providers import Device
+from .chunks import ChunkPlan
+from .job import VideoJob, VideoStats
+from .temporal import FrameIterate, VideoSettings
+
+CHUNKS = ChunkPlan()
+
+LaterItersOpt = Annotated[
+    Optional[int], typer.Option(min=1, help="evaluations for each frame after the first (they start from the previous one warped)", show_default="half of --iterations")
+]
+TemporalOpt = Annotated[bool, typer.Option("--temporal/--no-temporal", help="temporal consistency (Ruder et al. 2016), or independent frames")]
+TemporalWeightOpt = Annotated[Optional[float], typer.Option(min=0, help="weight of the temporal term", show_default="the export's")]
+FpsOpt = Annotated[Optional[float], typer.Option(min=0.001, help="frame rate of a folder of frames", show_default="25")]
+MaxFramesOpt = Annotated[Optional[int], typer.Option(min=1, help="stylize only the first N frames")]
+RestartOpt = Annotated[bool, typer.Option("--restart", help="discard frames of an earlier run instead of resuming")]
+KeepFramesOpt = Annotated[bool, typer.Option("--keep-frames", help="keep the work folder of frames after the video is written")]
+RayOpt = Annotated[bool, typer.Option("--ray", help="split the clip into overlapping chunks run on Ray (pip install 'onnxstyle[ray]')")]
+RayAddressOpt = Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", help="a Ray cluster (implies --ray)", show_default="a local Ray")]
+ChunkOpt = Annotated[int, typer.Option(min=2, help="--ray: frames per chunk")]
+OverlapOpt = Annotated[int, typer.Option(min=1, help="--ray: frames shared and cross-faded by neighbouring chunks")]
+WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="--ray: actors", show_default="cluster CPUs / --threads")]
+
+
+class VideoProgress:
+    """Draws FrameIterates: a bar per clip and per frame on a terminal, plain lines in a log."""
+
+    def __init__(self, console: Console, frames: int, done: int, quiet: bool, interval: float = PLAIN_INTERVAL) -> None:
+        self.console, self.frames, self.quiet, self.interval = console, frames, quiet, interval
+        self.done = done
+        self.started = time.monotonic()
+        self.made = 0
+        self._last = float("-inf")
+        self._bar: Any = None
+
+    def __enter__(self) -> "VideoProgress":
+        if not self.quiet and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                 TimeElapsedColumn(), console=self.console)
+            self._bar.__enter__()
+            self._clip = self._bar.add_task("frames", total=self.frames, completed=self.done, info="")
+            self._frame = self._bar.add_task("frame", total=1, info="")
+        return self
+
+    def __call__(self, u: FrameIterate) -> None:
+        if self.quiet:
+            return
+        if u.iterate is None:  # a frame is done
+            self.done += 1
+            self.made += 1
+            rate = 60.0 * self.made / max(time.monotonic() - self.started, 1e-9)
+            line = f"frame {u.frame + 1}/{self.frames} done: {u.result.evaluations if u.result else 0} evaluations, {rate:.2f} frames/min"
+            if self._bar is not None:
+                self._bar.update(self._clip, completed=self.done, info=f"{rate:.2f} frames/min")
+            else:
+                self.console.print(escape(line), soft_wrap=True)
+            return
+        it = u.iterate
+        if self._bar is not None:
+            self._bar.update(self._frame, description=f"frame {u.frame + 1}", completed=it.step, total=it.total or it.step,
+                             info=f"loss {it.loss:.4g} ({terms_text(it.terms)})")
+        elif time.monotonic() - self._last >= self.interval:
+            self._last = time.monotonic()
+            self.console.print(escape(f"frame {u.frame + 1}/{self.frames} evaluation {it.step}/{it.total} loss {it.loss:.4g} ({terms_text(it.terms)})"), soft_wrap=True)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(kind, exc, tb)
+
+
+@app.command()
+@handle_errors
+def video(
+    input: Annotated[Path, typer.Argument(exists=True, help="a video file, or a folder of frames")],
+    styles: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="one or more style images")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="a video (.mp4, .mkv, .mov, .webm, .avi) or a folder for frames")],
+    size: SizeOpt = None,
+    iterations: IterationsOpt = None,
+    later_iterations: LaterItersOpt = None,
+    temporal: TemporalOpt = True,
+    temporal_weight: TemporalWeightOpt = None,
+    content_weight: ContentWeightOpt = None,
+    style_weight: StyleWeightOpt = None,
+    tv_weight: TvWeightOpt = None,
+    style_blend: StyleBlendOpt = None,
+    style_scale: StyleScaleOpt = RUN.style_scale,
+    seed: SeedOpt = RUN.seed,
+    optimizer: OptimizerOpt = None,
+    preserve_color: PreserveColorOpt = None,
+    max_frames: MaxFramesOpt = None,
+    fps: FpsOpt = None,
+    restart: RestartOpt = False,
+    keep_frames: KeepFramesOpt = False,
+    preset: PresetOpt = None,
+    pooling: PoolingOpt = None,
+    weights: WeightsOpt = None,
+    models: ModelsOpt = None,
+    device: DeviceOpt = Device(ENGINE.device),
+    device_id: DeviceIdOpt = ENGINE.device_id,
+    threads: ThreadsOpt = None,
+    precision: PrecisionOpt = Precision(ENGINE.precision),
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    chunk_frames: ChunkOpt = CHUNKS.length,
+    overlap: OverlapOpt = CHUNKS.overlap,
+    workers: WorkersOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Stylize a video with temporal consistency; Ctrl-C keeps the frames done, a rerun resumes."""
+    from ..batch.command import run_settings
+
+    say = _say(quiet)
+    preset_name = preset.value if preset else _models_preset(models) or "gatys"
+    settings = run_settings(
+        preset_name, size, iterations, None, optimizer, preserve_color, None, None, style_blend,
+        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, temporal_weight=temporal_weight,
+        style_scale=style_scale, seed=seed,
+    )
+    plan = ChunkPlan(chunk_frames, overlap) if ray or ray_address else None
+    job = VideoJob(
+        input, list(styles), output, settings, VideoSettings(temporal=temporal, later_iterations=later_iterations),
+        max_frames=max_frames, folder_fps=Fraction(fps or 25).limit_denominator(1001), max_pixels=max_pixels, keep_frames=keep_frames,
+    )
+    if fps is not None and not input.is_dir():
+        raise _fail("--fps is for a folder of frames; a video file keeps its own frame rate", EXIT_USAGE)
+    job.check_paths()
+    config = _engine_config(device, device_id, threads, precision, False)
+    stylizer = _open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
+    files = stylizer.engine.manifest.data.get("files", {})
+    done = job.prepare(str(files.get("loss_grad.onnx", {}).get("sha256", stylizer.engine.folder)), restart)
+    job.load_styles()
+    say(
+        f"{job.input.name}: {job.frames} frames at {float(job.info.fps):.3g} fps → {job.width}x{job.height}, "
+        f"{'temporal consistency' if temporal else 'independent frames'}; device: {stylizer.engine.provider} ({stylizer.engine.threads} threads)"
+    )
+    if done:
+        say(f"resuming: {len(done)} of {job.frames} frames already in {job.work}")
+    stats = _stylize(job, stylizer, plan, workers, threads, ray_address, quiet, say)
+    if job.to_video:
+        say(f"assembling {job.output} …")
+        job.assemble()
+    made = f"{stats.made} frames in {_duration(stats.seconds)} ({stats.frames_per_minute:.2f} frames/min)" if stats.made else "no frames to make"
+    say(f"wrote {job.output}: {made}" + (f", {stats.reused} reused" if stats.reused else ""))
+
+
+def _stylize(job: VideoJob, stylizer: Any, plan: ChunkPlan | None, workers: int | None, threads: int | None, address: str | None,
+             quiet: bool, say: Any) -> VideoStats:
+    """Run the frames (sequentially here, or in chunks on Ray); Ctrl-C keeps the frames written."""
+    missing = len(job.missing())
+    try:
+        with _sigterm_as_interrupt():
+            if plan is None:
+                with VideoProgress(err, job.frames, job.frames - missing, quiet) as view:
+                    return job.run(stylizer, view)
+            return _on_ray(job, stylizer, plan, workers, threads, address, say)
+    except (Interrupted, KeyboardInterrupt) as e:
+        left = len(job.missing())
+        say(f"interrupted: {job.frames - left} of {job.frames} frames are in {job.work}; run the same command again to resume")
+        raise typer.Exit(_interrupt_code(e)) from None
+
+
+def _on_ray(job: VideoJob, stylizer: Any, plan: ChunkPlan, workers: int | None, threads: int | None, address: str | None, say: Any) -> VideoStats:
+    from ..batch.pools import RayWorkers
+    from ..batch.worker import ModelsSource, WorkerSpec
+
+    spec = WorkerSpec(ModelsSource(str(stylizer.engine.folder), stylizer.engine.fix_hint), stylizer.engine.config, job.style_rgbs, job.settings)
+    with RayWorkers(spec, threads or 1, workers, address) as pool:
+        say(f"on Ray: {pool.split.workers} actors × {pool.split.threads} threads, chunks of {plan.length} frames overlapping by {plan.overlap}")
+        return job.run_chunks(pool, plan, say)

@@ -1,0 +1,134 @@
+"""The per-frame loop of video stylization with temporal consistency (Ruder et al. 2016).
+
+Arrays in, arrays out. Frame t starts from frame t-1's result warped to it by optical flow
+and is pulled towards that warped image, pixel by pixel, where the flow is reliable (the
+exported loss's temporal term: target image and weight map). Starting close to a converged
+image, later frames need fewer evaluations than the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..runtime.image_io import from_nchw
+from ..runtime.optimize import Iterate, Result
+from ..runtime.settings import RunSettings
+from .flow import FlowConfig, motion, warp
+
+if TYPE_CHECKING:
+    from ..runtime.api import Stylizer
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """What makes a video run differ from stylizing its frames one by one."""
+
+    # Ruder 2016's temporal consistency: warped init and the temporal loss term. False
+    # stylizes every frame on its own from the run's init (the flickering baseline).
+    temporal: bool = True
+    # Evaluations for every frame after the first (None: half the first frame's). They start
+    # from the previous result warped, which is already close: Ruder et al. ran 2000 then
+    # 1000 iterations; benchmarks/results/video.md measures frames per minute and quality.
+    later_iterations: int | None = None
+    # The optical flow and its reliability check.
+    flow: FlowConfig = field(default_factory=FlowConfig)
+
+    def __post_init__(self) -> None:
+        if self.later_iterations is not None and self.later_iterations < 1:
+            raise ValueError("later iterations must be at least 1")
+
+    def replace(self, **changes: object) -> "VideoSettings":
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What the next frame needs from the last one done."""
+
+    content: np.ndarray  # the input frame, RGB float32 HxWx3 in [0,1], at the working size
+    output: np.ndarray  # its stylized result, same size
+
+
+@dataclass(frozen=True)
+class FrameIterate:
+    """Progress as data: one evaluation of one frame (``iterate`` None when a frame is done)."""
+
+    frame: int  # 0-based index in the clip
+    frames: int  # frames in the clip (0: unknown)
+    iterate: Iterate | None
+    result: Result | None = None
+
+
+def frame_settings(run: RunSettings, video: VideoSettings, first: bool) -> RunSettings:
+    """The run settings of one frame: the given ones for the first (and for every frame
+    without temporal consistency), one stage of fewer evaluations after it."""
+    if first or not video.temporal:
+        return run
+    later = video.later_iterations or max(1, run.total_evaluations() // 2)
+    # One stage at the output size: a coarse stage would throw away the warped init's detail.
+    return run.replace(iterations=later, scales=None, scale_iterations=None, coarse_to_fine_above=0, init="image")
+
+
+def temporal_inputs(previous: Previous, content: np.ndarray, config: FlowConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(the previous output warped to this frame, Ruder's per-pixel weight map c)."""
+    m = motion(previous.content, content, config)
+    return warp(previous.output, m.backward), m.weights
+
+
+def stylize_frame(
+    stylizer: Stylizer,
+    content: np.ndarray,
+    styles: Sequence[np.ndarray],
+    run: RunSettings,
+    video: VideoSettings,
+    previous: Previous | None,
+    callback: Callable[[Iterate], None] | None = None,
+) -> Result:
+    """One frame. Ctrl-C leaves as :class:`~onnxstyle.errors.Interrupted` (nothing kept of
+    the frame: a resumed run redoes it whole)."""
+    settings = frame_settings(run, video, first=previous is None)
+    if previous is None or not video.temporal:
+        return stylizer.run(content, list(styles), settings, callback)
+    target, weights = temporal_inputs(previous, content, video.flow)
+    return stylizer.run(content, list(styles), settings, callback, init_image=target, temporal=(target, weights))
+
+
+def stylize_frames(
+    stylizer: Stylizer,
+    frames: Iterable[tuple[int, np.ndarray, Callable[[], np.ndarray] | None]],
+    styles: Sequence[np.ndarray],
+    run: RunSettings,
+    video: VideoSettings,
+    total: int = 0,
+    progress: Callable[[FrameIterate], None] | None = None,
+    previous: Previous | None = None,
+) -> Iterator[tuple[int, np.ndarray, Result]]:
+    """Stylize a clip in order, yielding (index, stylized RGB HxWx3, result) per frame made.
+
+    ``frames`` gives (index, input frame, loader of its output if already made, else None):
+    a frame already made (a resumed run) is not redone, and its output is loaded only when
+    the next frame needs it as its previous one. ``previous`` seeds the first frame given
+    (a chunk that starts inside a clip)."""
+    made: tuple[np.ndarray, Callable[[], np.ndarray]] | None = None
+    for index, content, load in frames:
+        if load is not None:
+            made = (content, load)
+            continue
+        if made is not None:
+            previous, made = Previous(made[0], made[1]()), None
+
+        def cb(it: Iterate, index: int = index) -> None:
+            if progress is not None:
+                progress(FrameIterate(index, total, it))
+
+        result = stylize_frame(stylizer, content, styles, run, video, previous, cb)
+        out = from_nchw(result.image)
+        previous = Previous(content, out)
+        if progress is not None:
+            progress(FrameIterate(index, total, None, result))
+        yield index, out, result
