@@ -117,6 +117,13 @@ MaxPixelsOpt = Annotated[
     int, typer.Option(min=1, help="refuse input images with more pixels than this (decompression bombs), before decoding")
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print nothing but errors")]
+TileOpt = Annotated[
+    str, typer.Option(help="auto: tile a stage only when it would not fit the memory budget; off; or the inner tile size in px")
+]
+MaxMemoryOpt = Annotated[
+    Optional[str], typer.Option(help="memory budget, e.g. 6G or 512M", show_default="available memory less a margin")
+]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan (stages, tiles, device, estimated peak memory) and exit")]
 
 
 def _fail(message: str, code: int) -> typer.Exit:
@@ -295,6 +302,39 @@ def _init_path(init: str | None) -> Path | None:
     return p
 
 
+def _tile(text: str) -> str | int:
+    t = text.strip().lower()
+    if t in ("auto", "off"):
+        return t
+    try:
+        return int(t)
+    except ValueError:
+        raise _fail(f"--tile {text!r}: auto, off or a tile size in px", EXIT_USAGE) from None
+
+
+def _max_memory(text: str | None) -> int | None:
+    from .runtime.memory import parse_size
+
+    return None if text is None else parse_size(text)
+
+
+def _print_plan(plan: Any, stylizer: Any) -> None:
+    """The dry-run: what would run, where, and its estimated peak memory, as plain lines."""
+    budget = f"{plan.budget / 2**20:.0f} MiB" if plan.budget is not None else "unknown"
+    out.print(f"device: {stylizer.engine.provider}, {stylizer.engine.threads} threads; models: {stylizer.engine.folder}")
+    out.print(f"memory budget: {budget}; estimated peak: {plan.peak / 2**20:.0f} MiB")
+    for st in plan.stages:
+        t = st.tiles
+        tiles = (f"{len(t.tiles)} tiles ({t.grid[0]}x{t.grid[1]}) of {t.inner} px + {t.halo} px halo, "
+                 f"{t.overhead:.2f}x pixels per pass") if t else "untiled"
+        parts = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in st.estimate.parts.items())
+        out.print(
+            f"stage {st.index}/{len(plan.stages)}: {st.width}x{st.height}, {st.evaluations} evaluations, {tiles}, "
+            f"{st.optimizer}" + (f" (history {st.history})" if st.optimizer == "lbfgs" else "")
+            + f"; estimated peak {st.estimate.total / 2**20:.0f} MiB ({parts} MiB)"
+        )
+
+
 def _demo_images() -> tuple[Path, Path]:
     base = resources.files("onnxstyle") / "data"
     return Path(str(base / "tubingen.jpg")), Path(str(base / "starry_night.jpg"))
@@ -341,6 +381,9 @@ def stylize(
     precision: PrecisionOpt = Precision(ENGINE.precision),
     fp16: Fp16Opt = False,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    tile: TileOpt = str(RUN.tile),
+    max_memory: MaxMemoryOpt = None,
+    dry_run: DryRunOpt = False,
     save_every: Annotated[int, typer.Option(min=0, help="write an intermediate image every N evaluations")] = 0,
     quiet: QuietOpt = False,
 ) -> None:
@@ -370,7 +413,7 @@ def stylize(
         style_blend=_floats("--style-blend", style_blend), style_scale=style_scale,
         init="image" if init_path else init, seed=seed, optimizer=optimizer.value if optimizer else None, adam_lr=lr,
         preserve_color=preserve_color.value if preserve_color else None, scales=stage_sizes,
-        scale_iterations=_ints("--scale-iterations", scale_iterations),
+        scale_iterations=_ints("--scale-iterations", scale_iterations), tile=_tile(tile), max_memory=_max_memory(max_memory),
     )
     if settings.style_blend and len(settings.style_blend) != len(styles):
         raise _fail(f"--style-blend has {len(settings.style_blend)} weights for {len(styles)} style images", EXIT_USAGE)
@@ -381,6 +424,10 @@ def stylize(
         say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
     config = _engine_config(device, device_id, threads, precision, fp16)
     stylizer = _open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
+    if dry_run:
+        _print_plan(job.plan(stylizer), stylizer)
+        job.check_memory(stylizer)
+        raise typer.Exit(0)
     # Refuse a size that cannot fit before anything of that size is allocated.
     job.check_memory(stylizer)
     job.load_images()
@@ -394,7 +441,7 @@ def _finish_stylize(job: Any, stylizer: Any, quiet: bool, say: Callable[[str], N
 
     try:
         with _sigterm_as_interrupt(), ProgressView(err, job.settings.total_evaluations(), "stylizing", quiet) as view:
-            result = job.run(stylizer, view)
+            result = job.run(stylizer, view, view.tile)
     except Interrupted as e:
         if e.partial is None:
             say("interrupted before the first evaluation: nothing written")

@@ -72,11 +72,17 @@ class StylizeJob:
         h, w = probe_image(self.content, self.max_pixels).oriented
         return fit_size(h, w, self.settings.stages()[-1][0], self.settings.fit)
 
-    def check_memory(self, stylizer: Any) -> None:
-        """Refuse, from the headers alone, a run whose working set would not fit."""
-        from .runtime.memory import check_fits
+    def plan(self, stylizer: Any) -> Any:
+        """The run's plan (stages, tiles, estimated peak) from the headers alone."""
+        return stylizer.plan(self.output_size(), self.settings)
 
-        check_fits(stylizer.engine.manifest.spec, *self.output_size(), self.settings.optimizer, self.settings.lbfgs_history)
+    def check_memory(self, stylizer: Any) -> Any:
+        """Refuse, from the headers alone, a run whose working set would not fit; the plan."""
+        from .runtime.plan import check_plan
+
+        plan = self.plan(stylizer)
+        check_plan(plan)
+        return plan
 
     def load_images(self) -> None:
         """Decode every input once, at the size it is used at (the content at the output size)."""
@@ -96,7 +102,7 @@ class StylizeJob:
     def width(self) -> int:
         return self.output_size()[1]
 
-    def run(self, stylizer: Any, progress: Progress | None = None) -> Result:
+    def run(self, stylizer: Any, progress: Progress | None = None, on_tile: Any = None) -> Result:
         assert self.content_rgb is not None, "load_images() first"
 
         def callback(it: Iterate) -> None:
@@ -107,7 +113,7 @@ class StylizeJob:
                 self._write(path, it.image, {"evaluations": it.step, "loss": it.loss})
 
         return stylizer.run(
-            self.content_rgb, self.style_rgbs, self.settings, callback, self.init_rgb, masks=self.mask_arrays or None
+            self.content_rgb, self.style_rgbs, self.settings, callback, self.init_rgb, masks=self.mask_arrays or None, on_tile=on_tile
         )
 
     def save(self, result: Result, path: Path | None = None) -> None:

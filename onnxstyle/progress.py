@@ -90,6 +90,20 @@ class ProgressView:
             self._printed = it
             self.console.print(escape(plain_line(self.label, it, self.total)), soft_wrap=True)
 
+    def tile(self, label: str, index: int, count: int) -> None:
+        """Progress inside one evaluation of a tiled stage (each pass visits every tile)."""
+        if self.quiet:
+            return
+        text = f"tiles: {label} {index}/{count}"
+        if self._bar is not None:
+            self._bar.update(self._task, rate=text)
+            return
+        now = time.monotonic()
+        if now - self._last_print >= self.interval:
+            self._last_print = now
+            where = f"{self.label} {self._last.step}/{self._last.total or self.total}" if self._last else self.label
+            self.console.print(escape(f"{where} {text}"), soft_wrap=True)
+
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._bar is not None:
             self._bar.__exit__(kind, exc, tb)

@@ -14,10 +14,13 @@ import numpy as np
 
 from ..errors import Interrupted, ModelsError
 from .colour import luminance_image, match_histogram, match_luminance, recombine_luminance
-from .engine import Engine, no_temporal
-from .image_io import fit_size, from_nchw, resize_longest, resize_to, to_nchw
-from .memory import check_fits
-from .optimize import Iterate, Objective, Result, adam, lbfgs, lbfgs_rounds, torch_lbfgs
+from ..contract import FEATURES, TILE_GRAD
+from .engine import Engine, TileGrad, no_temporal
+from .image_io import from_nchw, resize_longest, resize_to, to_nchw
+from .memory import default_budget
+from .optimize import Iterate, Objective, Result, adam, lbfgs, lbfgs32, lbfgs_rounds, torch_lbfgs
+from .plan import RunPlan, StagePlan, check_plan, plan_run
+from .tiling import TiledObjective, TileProgress, plan_tiles, tiled_features
 from .settings import EngineConfig, RunSettings
 
 ObjectiveHook = Callable[[np.ndarray, float, np.ndarray], tuple[float, np.ndarray]]
@@ -89,6 +92,7 @@ class Stylizer:
         masks: Sequence[np.ndarray] | None = None,
         objective_hook: ObjectiveHook | None = None,
         temporal: tuple[np.ndarray, np.ndarray] | None = None,
+        on_tile: TileProgress | None = None,
     ) -> Result:
         """Optimize an image; content/styles are RGB float32 HxWx3 in [0,1], any size.
 
@@ -96,14 +100,14 @@ class Stylizer:
         white is stylized, black keeps the content; one per style: each style in its region.
         ``temporal``: (target RGB HxWx3, weight map HxW in [0,1]) for video: the previous
         stylized frame warped to this one, and where that warp is reliable.
+        ``on_tile(pass, tile, tiles)``: progress inside one evaluation of a tiled stage.
         Ctrl-C raises :class:`Interrupted` carrying the best result so far.
         """
         s = settings or RunSettings()
         masks = list(masks) if masks else []
         self._check_inputs(styles, masks)
-        stages = s.stages()
-        final_hw = fit_size(content.shape[0], content.shape[1], stages[-1][0], s.fit)
-        check_fits(self.engine.manifest.spec, *final_hw, s.optimizer, s.lbfgs_history)
+        plan = self.plan(content.shape[:2], s)
+        check_plan(plan)
 
         # Colour (Gatys et al. 2017): optimize luminance only, or recolour the styles first.
         work_content = content
@@ -113,23 +117,19 @@ class Stylizer:
         elif s.preserve_color == "histogram":
             styles = [match_histogram(st, content) for st in styles]
 
-        regions = (len(masks) if len(masks) > 1 else 1) if self.engine.guided else 0
         total = s.total_evaluations()
         results: list[Result] = []
         x = None
         try:
-            for index, (size, evaluations) in enumerate(stages, start=1):
-                hw = fit_size(content.shape[0], content.shape[1], size, s.fit)
+            for stage in plan.stages:
+                hw = (stage.height, stage.width)
                 c = resize_to(work_content, *hw)
-                targets = self.targets(c, styles, s, side=size, regions=regions)
-                if self.engine.guided:
-                    targets["guide"] = _guide(masks, hw)
-                targets.update(self._temporal(temporal, hw))
                 # Each stage starts from the previous result, upsampled (coarse-to-fine).
                 x0 = self.initial(c, styles, s, init_image) if x is None else to_nchw(resize_to(from_nchw(x), *hw))
+                objective = self._stage_objective(stage, c, styles, s, masks, temporal, objective_hook, on_tile)
                 offset = sum(r.evaluations for r in results)
-                cb = _staged(callback, offset, total, index, len(stages))
-                r = self._optimize(s, x0, evaluations, self._objective(targets, s, objective_hook), cb)
+                cb = _staged(callback, offset, total, stage.index, len(plan.stages))
+                r = self._optimize(s.replace(optimizer=stage.optimizer, lbfgs_history=stage.history), x0, stage.evaluations, objective, cb)
                 results.append(r)
                 x = r.image
                 if r.error:
@@ -142,6 +142,68 @@ class Stylizer:
         except KeyboardInterrupt as e:  # before the first evaluation of a stage
             raise Interrupted(self._finish(results, s, content) if results else None, e) from e
         return self._finish(results, s, content)
+
+    def plan(self, content_hw: tuple[int, int], settings: RunSettings) -> RunPlan:
+        """Stages, tiles, optimizer state and estimated peak memory, before anything is allocated."""
+        s = settings
+        if s.tile != "off" and not self.engine.manifest.has(TILE_GRAD):
+            if s.tile != "auto":
+                raise ModelsError(f"{self.engine.folder} has no tile graph for --tile; re-export with: {self.engine.fix_hint}")
+            s = s.replace(tile="off")  # an older export: untiled, refused up front if too large
+        budget = s.max_memory if s.max_memory is not None else default_budget()
+        choice = self.engine.choice
+        return plan_run(self.engine.manifest.spec, content_hw, s, choice.backend, choice.precision, budget)
+
+    def _stage_objective(
+        self, stage: StagePlan, content: np.ndarray, styles: Sequence[np.ndarray], s: RunSettings, masks: list[np.ndarray],
+        temporal: tuple[np.ndarray, np.ndarray] | None, hook: ObjectiveHook | None, on_tile: TileProgress | None,
+    ) -> Objective:
+        hw = (stage.height, stage.width)
+        regions = (len(masks) if len(masks) > 1 else 1) if self.engine.guided else 0
+        if stage.tiles is None:
+            targets = self.targets(content, styles, s, side=stage.size, regions=regions)
+            if self.engine.guided:
+                targets["guide"] = _guide(masks, hw)
+            targets.update(self._temporal(temporal, hw))
+            # The targets exist: the features graph's session is not needed while optimizing.
+            self.engine.release(FEATURES)
+            return self._objective(targets, s, hook)
+        return self._tiled_objective(stage, content, styles, s, masks, temporal, hook, on_tile)
+
+    def _tiled_objective(
+        self, stage: StagePlan, content: np.ndarray, styles: Sequence[np.ndarray], s: RunSettings, masks: list[np.ndarray],
+        temporal: tuple[np.ndarray, np.ndarray] | None, hook: ObjectiveHook | None, on_tile: TileProgress | None,
+    ) -> Objective:
+        spec, plan = self.engine.manifest.spec, stage.tiles
+        assert plan is not None
+        features = self.engine.features
+        targets = tiled_features(spec, plan, features, to_nchw(content), progress=on_tile)
+        targets = {k: v for k, v in targets.items() if k.startswith("content_")}
+        side = max(32, round(stage.size * s.style_scale))
+        grams = []
+        for st in styles:
+            img = to_nchw(resize_longest(st, side))
+            grams.append(tiled_features(spec, plan_tiles(img.shape[2], img.shape[3], spec, plan.inner), features, img, progress=on_tile))
+        multi = len(masks) > 1
+        w = blend_weights(len(styles), s.style_blend)
+        for n in spec.style_layers:
+            k = f"gram_{n}"
+            targets[k] = np.concatenate([g[k] for g in grams]) if multi else sum(wi * g[k] for wi, g in zip(w, grams)).astype(np.float32)
+        weights = {**self.engine.weight_defaults, **s.weights()}
+        guide = _guide(masks, (stage.height, stage.width)) if masks else None
+        temp = self._temporal(temporal, (stage.height, stage.width)) if temporal is not None else None
+        tobj = TiledObjective(
+            spec, plan, features, TileGrad(self.engine), targets, weights, guide,
+            (temp["temporal_target"], temp["temporal_map"]) if temp else None, on_tile,
+        )
+
+        def objective(x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
+            loss, grad, terms = tobj(x)
+            if hook is not None:
+                loss, grad = hook(x, loss, grad)
+            return loss, grad, terms
+
+        return objective
 
     def _temporal(self, temporal: tuple[np.ndarray, np.ndarray] | None, hw: tuple[int, int]) -> dict[str, np.ndarray]:
         if not self.engine.temporal:
@@ -205,6 +267,8 @@ class Stylizer:
         self, s: RunSettings, x0: np.ndarray, evaluations: int, objective: Objective, cb: Callable[[Iterate], None] | None
     ) -> Result:
         if s.optimizer == "lbfgs":
+            return lbfgs32(objective, x0, evaluations, history=s.lbfgs_history, callback=cb)
+        if s.optimizer == "lbfgs-b":
             return lbfgs(objective, x0, evaluations, history=s.lbfgs_history, callback=cb)
         if s.optimizer == "adam":
             return adam(

@@ -1,27 +1,60 @@
-"""Memory a run will need, estimated before it starts, against what the machine has."""
+"""Memory a run will need, estimated before it starts, against what the machine has.
+
+The estimate is a model of the measured peak (benchmarks/memory.py writes the measurements
+and checks the model against them): the libraries, the graphs' weights, and the larger of
+two phases, computing the targets (the features pass) and optimizing (one evaluation's
+working set, the optimizer's state and the image buffers). The evaluation's working set
+is a calibrated multiple of the activations of one forward pass over the evaluated extent
+(the whole image, or the largest tile when tiled).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
-
-from ..errors import ResourceError
 from typing import TYPE_CHECKING
 
+from ..errors import ResourceError
 from ..spec import LAYER_CHANNELS, LAYER_INDEX, LAYERS, LossSpec, layer_stride
 
 if TYPE_CHECKING:
     from .settings import RunSettings
 
-# Calibrated on the default export: 3 evaluations at 512x384 peak at 1290 MB
-# (benchmarks/results/speed.md), where activation_bytes (every conv and ReLU output of one
-# forward pass) is 458 MB; 600 MB + 2 × 458 MB = 1516 MB stays on the safe side of it,
-# before the optimizer's own history is added.
-ACTIVATION_FACTOR = 2.0
-BASE_BYTES = 600 * 2**20  # interpreter, onnxruntime, two sessions' weights and arenas
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Bytes per part for one backend and precision, fitted to benchmarks/results/memory.json
+    with a margin, so that measured peak ≤ estimate ≤ 1.3 × measured from 256 to 1536 px."""
+
+    # Interpreter, numpy/scipy/opencv, the backend's own libraries and thread pools.
+    libraries: int
+    # One graph's weights as the backend holds them (loss_grad: the forward weights and a
+    # flipped copy for the backward convolutions; features: the forward ones).
+    weights: int
+    # One loss + gradient evaluation: this many times the float32 activations of one
+    # forward pass over the evaluated extent.
+    pass_factor: float
+    # The features pass (inference: activations die as they are consumed).
+    features_factor: float
+
+
+MODELS: dict[tuple[str, str], MemoryModel] = {
+    ("onnxruntime", "fp32"): MemoryModel(libraries=160 * MiB, weights=110 * MiB, pass_factor=2.0, features_factor=1.0),
+    ("onnxruntime", "fp16"): MemoryModel(libraries=400 * MiB, weights=110 * MiB, pass_factor=2.0, features_factor=1.0),
+    ("openvino", "fp32"): MemoryModel(libraries=200 * MiB, weights=110 * MiB, pass_factor=2.0, features_factor=1.0),
+    ("openvino", "bf16"): MemoryModel(libraries=200 * MiB, weights=110 * MiB, pass_factor=1.2, features_factor=1.0),
+}
+
+
+def model_for(backend: str, precision: str) -> MemoryModel:
+    return MODELS.get((backend, precision), MODELS[("onnxruntime", "fp32")])
 
 
 def activation_bytes(spec: LossSpec, height: int, width: int) -> int:
+    """float32 bytes of every layer output of one forward pass up to the deepest tap."""
     total = 0
     for name, *_ in LAYERS[: LAYER_INDEX[spec.deepest] + 1]:
         s = layer_stride(name)
@@ -29,11 +62,61 @@ def activation_bytes(spec: LossSpec, height: int, width: int) -> int:
     return total
 
 
-def working_set_bytes(spec: LossSpec, height: int, width: int, optimizer: str, history: int) -> int:
-    pixels = 3 * height * width
-    # L-BFGS-B keeps 2·m float64 vectors plus a few work vectors; Adam two float32 moments.
-    opt = (2 * history + 8) * pixels * 8 if optimizer == "lbfgs" else 6 * pixels * 4
-    return int(BASE_BYTES + ACTIVATION_FACTOR * activation_bytes(spec, height, width) + opt)
+def optimizer_bytes(optimizer: str, history: int, variables: int) -> int:
+    """What each optimizer keeps per variable (pixel channel)."""
+    if optimizer == "lbfgs-b":
+        # scipy's L-BFGS-B: float64 x, g, bounds (2), and its work array of 2m+5 vectors.
+        return (2 * history + 10) * 8 * variables
+    if optimizer in ("lbfgs", "torch-lbfgs"):
+        # float32 history pairs, plus x, g, direction, the trial point and its gradient.
+        return (2 * history + 6) * 4 * variables
+    if optimizer == "keras-lbfgs":
+        return (2 * history + 10) * 8 * variables
+    return 6 * 4 * variables  # Adam: x, g, two moments, a step
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The parts of a stage's peak, in bytes; ``total`` is what is compared with the budget."""
+
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        p = self.parts
+        optimizing = p.get("evaluation", 0) + p.get("optimizer", 0) + p.get("images", 0)
+        return p.get("libraries", 0) + p.get("weights", 0) + max(p.get("targets", 0), optimizing)
+
+
+def estimate_stage(
+    spec: LossSpec, height: int, width: int, settings: "RunSettings", backend: str = "onnxruntime",
+    precision: str = "fp32", extent: tuple[int, int] | None = None, optimizer: str | None = None, history: int | None = None,
+) -> Estimate:
+    """The peak of one stage at height × width; ``extent``: the largest tile when tiled."""
+    m = model_for(backend, precision)
+    eh, ew = extent or (height, width)
+    tiled = extent is not None
+    n = 3 * height * width
+    style_side = max(32, round(max(height, width) * settings.style_scale))
+    # content, its float copy per stage, x, the best image, the gradient (and its tile sum)
+    images = (7 + (1 if tiled else 0)) * 4 * n + 4 * 3 * style_side * style_side
+    targets = m.features_factor * activation_bytes(spec, min(eh, style_side), min(ew, style_side))
+    parts = {
+        "libraries": m.libraries,
+        "weights": m.weights * (3 if tiled else 2),
+        "targets": int(targets),
+        "evaluation": int(m.pass_factor * activation_bytes(spec, eh, ew)),
+        "optimizer": optimizer_bytes(optimizer or settings.optimizer, history or settings.lbfgs_history, n),
+        "images": images,
+    }
+    return Estimate(parts)
+
+
+def estimate_run_bytes(
+    spec: LossSpec, height: int, width: int, settings: "RunSettings", backend: str = "onnxruntime", precision: str = "fp32"
+) -> int:
+    """Peak memory of a whole untiled run whose output is height × width (its largest stage)."""
+    return estimate_stage(spec, height, width, settings, backend, precision).total
 
 
 def available_bytes() -> int | None:
@@ -55,17 +138,40 @@ def available_bytes() -> int | None:
     return avail
 
 
+def default_budget() -> int | None:
+    """What a run may use when --max-memory is not given: what is available, less a margin
+    (a tenth, at least 256 MiB) for the rest of the machine."""
+    avail = available_bytes()
+    if avail is None:
+        return None
+    return max(0, avail - max(256 * MiB, avail // 10))
+
+
+def parse_size(text: str) -> int:
+    """'6G', '512M', '1.5GiB', '800000000' → bytes (binary units: G means GiB)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    try:
+        if t and t[-1] in units:
+            value = float(t[:-1]) * units[t[-1]]
+        else:
+            value = float(t)
+    except ValueError:
+        raise ValueError(f"--max-memory {text!r}: expected a size like 6G, 512M or a number of bytes") from None
+    if value <= 0:
+        raise ValueError(f"--max-memory {text!r}: must be positive")
+    return int(value)
+
+
 def check_fits(spec: LossSpec, height: int, width: int, optimizer: str, history: int, available: int | None = None) -> int:
-    need = working_set_bytes(spec, height, width, optimizer, history)
+    """Refuse an untiled run that would not fit (kept for callers that do not plan tiles)."""
+    from .settings import RunSettings
+
+    need = estimate_run_bytes(spec, height, width, RunSettings(optimizer=optimizer, lbfgs_history=history))
     have = available if available is not None else available_bytes()
     if have is not None and need > have:
         raise ResourceError(
-            f"{width}x{height} needs about {need / 2**30:.1f} GiB (activations for the gradient and the "
-            f"optimizer's history) but {have / 2**30:.1f} GiB is available; use a smaller --size"
+            f"{width}x{height} needs about {need / 2**30:.1f} GiB but {have / 2**30:.1f} GiB is available; "
+            f"use a smaller --size, or --tile auto"
         )
     return need
-
-
-def estimate_run_bytes(spec: LossSpec, height: int, width: int, settings: "RunSettings") -> int:
-    """Peak memory of a whole run whose output is height × width (the largest stage decides)."""
-    return working_set_bytes(spec, height, width, settings.optimizer, settings.lbfgs_history)

@@ -18,7 +18,7 @@ from ..spec import canonical_preset, preset_spec
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-OPTIMIZERS = ("lbfgs", "torch-lbfgs", "adam", "keras-lbfgs")
+OPTIMIZERS = ("lbfgs", "lbfgs-b", "torch-lbfgs", "adam", "keras-lbfgs")
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,11 @@ class RunSettings:
     # loss in 508 s against the reference's 615 s (benchmarks/results/time_to_quality.md),
     # and the advantage grows with size, as the coarse stage costs a quarter per evaluation.
     coarse_to_fine_above: int = 512
+    # Exact tiled evaluation (runtime/tiling.py): "auto" tiles a stage only when its untiled
+    # estimate exceeds the memory budget, "off" never, a number is the inner tile side in px.
+    tile: str | int = "auto"
+    # The memory budget in bytes; None: what is available less a margin (runtime/memory.py).
+    max_memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.size < 32:
@@ -117,6 +122,10 @@ class RunSettings:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
         if self.preserve_color not in (None, "luminance", "histogram"):
             raise ValueError(f"preserve_color {self.preserve_color!r}: choose luminance or histogram")
+        if not (self.tile in ("auto", "off") or (isinstance(self.tile, int) and self.tile >= 32)):
+            raise ValueError(f"--tile {self.tile!r}: auto, off, or an inner tile size of at least 32 px")
+        if self.max_memory is not None and self.max_memory <= 0:
+            raise ValueError("--max-memory must be positive")
         if self.init not in ("content", "style", "noise", "image"):
             raise ValueError(f"init {self.init!r}: choose content, style, noise or image")
         if self.fit not in ("longest", "height"):

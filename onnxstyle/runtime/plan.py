@@ -1,0 +1,113 @@
+"""The plan of a run, made before anything of its size is allocated: stages, sizes, tiles,
+optimizer state and the estimated peak memory of each stage, against a budget.
+
+``stylize --dry-run`` prints it; every run follows it, and a run that cannot fit even in
+tiles is refused up front with the figure and a way out, never started and then killed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import ResourceError
+from ..spec import LossSpec
+from .image_io import fit_size
+from .memory import Estimate, estimate_stage
+from .settings import RunSettings
+from .tiling import TilePlan, halo_for, plan_tiles
+
+# The smallest history kept when L-BFGS state must shrink to fit; below it, Adam.
+MIN_HISTORY = 3
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    index: int
+    size: int
+    height: int
+    width: int
+    evaluations: int
+    tiles: TilePlan | None  # None: the whole image in one pass
+    optimizer: str
+    history: int
+    estimate: Estimate
+
+    @property
+    def tiled(self) -> bool:
+        return self.tiles is not None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    stages: tuple[StagePlan, ...]
+    backend: str
+    precision: str
+    budget: int | None
+
+    @property
+    def peak(self) -> int:
+        return max(s.estimate.total for s in self.stages)
+
+
+def _stage(
+    spec: LossSpec, index: int, size: int, hw: tuple[int, int], evaluations: int, s: RunSettings,
+    backend: str, precision: str, budget: int | None,
+) -> StagePlan:
+    h, w = hw
+
+    def est(tiles: TilePlan | None, optimizer: str, history: int) -> Estimate:
+        return estimate_stage(spec, h, w, s, backend, precision, tiles.largest if tiles else None, optimizer, history)
+
+    def fits(e: Estimate) -> bool:
+        return budget is None or e.total <= budget
+
+    optimizer, history = s.optimizer, s.lbfgs_history
+    tiles = None if s.tile in ("auto", "off") else plan_tiles(h, w, spec, int(s.tile))
+    if s.tile == "auto" and not fits(est(None, optimizer, history)):
+        tiles = _auto_tiles(spec, h, w, lambda t: fits(est(t, optimizer, MIN_HISTORY if optimizer == "lbfgs" else history)))
+    # The optimizer's state grows with the image, not the tile: shrink L-BFGS's history to fit
+    # (3 pairs still beat Adam per evaluation at our sizes), then fall back to Adam.
+    if optimizer == "lbfgs":
+        while history > MIN_HISTORY and not fits(est(tiles, optimizer, history)):
+            history -= 1
+        if not fits(est(tiles, optimizer, history)):
+            optimizer = "adam"
+    return StagePlan(index, size, h, w, evaluations, tiles, optimizer, history, est(tiles, optimizer, history))
+
+
+def _auto_tiles(spec: LossSpec, h: int, w: int, ok: Callable[[TilePlan], bool]) -> TilePlan | None:
+    """The largest tile that fits (fewest tiles, least halo), from half the image down to
+    four strides; None when none does."""
+    _, stride = halo_for(spec)
+    inner = -(-max(h, w) // 2 // stride) * stride
+    while True:
+        plan = plan_tiles(h, w, spec, inner)
+        if ok(plan):
+            return plan
+        if inner <= 4 * stride:
+            return None
+        inner = max(4 * stride, inner // 2 // stride * stride)
+
+
+def plan_run(
+    spec: LossSpec, content_hw: tuple[int, int], settings: RunSettings, backend: str, precision: str, budget: int | None
+) -> RunPlan:
+    stages = []
+    for i, (size, evaluations) in enumerate(settings.stages(), start=1):
+        hw = fit_size(content_hw[0], content_hw[1], size, settings.fit)
+        stages.append(_stage(spec, i, size, hw, evaluations, settings, backend, precision, budget))
+    return RunPlan(tuple(stages), backend, precision, budget)
+
+
+def check_plan(plan: RunPlan) -> None:
+    """Refuse a plan whose largest stage does not fit its budget, with the figure and a way out."""
+    if plan.budget is None:
+        return
+    for st in plan.stages:
+        if st.estimate.total > plan.budget:
+            how = "even in tiles" if st.tiled else "untiled (--tile off)"
+            raise ResourceError(
+                f"{st.width}x{st.height} needs about {st.estimate.total / 2**30:.1f} GiB {how} but the budget is "
+                f"{plan.budget / 2**30:.1f} GiB; use a smaller --size, --tile auto, or a larger --max-memory"
+            )
