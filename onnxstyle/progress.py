@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 
-from .runtime.optimize import Iterate
+if TYPE_CHECKING:  # the CLI stays light: no scipy for drawing a bar
+    from .runtime.optimize import Iterate
 
 # Seconds between plain lines; a log gets a line every 10 s and one at the end.
 PLAIN_INTERVAL = float(os.environ.get("ONNXSTYLE_PROGRESS_INTERVAL", "10"))
@@ -33,7 +34,7 @@ def terms_text(terms: dict[str, float]) -> str:
     return f"content {c:.3g} style {s:.3g}" + (f" tv {t:.3g}" if t else "")
 
 
-def plain_line(label: str, it: Iterate, total: int) -> str:
+def plain_line(label: str, it: "Iterate", total: int) -> str:
     """``stylizing 120/300 40% stage 1/2 2.72 eval/s elapsed 0:44 eta 1:06 loss 1.234 (content … style …)``."""
     total = it.total or total
     rate = it.step / max(it.elapsed, 1e-9)
@@ -59,8 +60,8 @@ class ProgressView:
         self._bar: Any = None
         self._task: Any = None
         self._last_print = float("-inf")
-        self._last: Iterate | None = None
-        self._printed: Iterate | None = None
+        self._last: "Iterate | None" = None
+        self._printed: "Iterate | None" = None
 
     def __enter__(self) -> "ProgressView":
         if not self.quiet and self.tty:
@@ -75,7 +76,7 @@ class ProgressView:
             self._task = self._bar.add_task(self.label, total=self.total, rate="", terms="")
         return self
 
-    def __call__(self, it: Iterate) -> None:
+    def __call__(self, it: "Iterate") -> None:
         if self.quiet:
             return
         self._last = it

@@ -112,7 +112,7 @@ class LocalWorkers:
                     broken = True
                     yield key, RuntimeError("the worker process died (out of memory?)")
             if broken:
-                for fut, key in list(flight.items()):
+                for key in list(flight.values()):
                     yield key, RuntimeError("the worker process died (out of memory?)")
                 flight.clear()
                 self._pool.shutdown(wait=False)

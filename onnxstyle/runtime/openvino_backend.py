@@ -13,6 +13,8 @@ and on CPUs with native bf16 (AVX512_BF16, AMX) runs them in bf16 when asked
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,18 @@ def cache_dir(folder: Path) -> Path:
     if os.access(folder, os.W_OK):
         return here
     return cache_root() / "openvino" / folder.resolve().as_posix().strip("/").replace("/", "_")
+
+
+@contextmanager
+def _cache_lock(cache: Path) -> Iterator[None]:
+    with open(cache / ".lock", "a") as f:
+        try:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except ImportError:  # not POSIX: no lock, as before
+            pass
+        yield
 
 
 def weights_as_parameters(model: Any, defaults: dict[str, float]) -> None:
@@ -86,7 +100,10 @@ class OpenVinoRunner:
         }
         # Names as the graph declares them: compilation may attach other names to a port.
         self.output_names = [o.get_any_name() for o in model.outputs]
-        self.compiled = core.compile_model(model, "CPU", config)
+        with _cache_lock(cache):
+            # Two processes compiling into one cache at once fail in OpenVINO ("cannot set
+            # permissions"); the lock makes the second wait and then load the first's blob.
+            self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self._ports = dict(zip(self.output_names, self.compiled.outputs))
 

@@ -30,10 +30,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..contract import read_manifest
-from ..runtime.memory import available_bytes
+from ..errors import ResourceError
+from ..runtime.memory import available_bytes, estimate_run_bytes
+from ..runtime.settings import RunSettings
 from ..spec import LossSpec
 from .events import EventHub
-from .intake import ApiError, Upload, parse_settings, prepare_job
+from .intake import Admission, ApiError, Upload, parse_settings, prepare_job
 from .metrics import prometheus_text
 from .settings import ServeConfig
 from .store import DONE, FAILED, FINISHED, PREVIEW, QUEUED, RESULT, JobRecord, JobStore, parse_job_id
@@ -58,12 +60,9 @@ class Service:
     spec: LossSpec
     preset: str
     budget: int | None
-    share: int | None
+    admission: Admission
     # Uploads are decoded one at a time: a burst must not multiply the decode memory.
     intake_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def scrub_pairs(self) -> tuple[tuple[str, str], ...]:
-        return scrub_pairs(self.config)
 
     def close(self) -> int:
         """Stop the workers and close the table; the number of jobs left queued."""
@@ -82,20 +81,33 @@ def scrub_pairs(config: ServeConfig) -> tuple[tuple[str, str], ...]:
 def open_service(config: ServeConfig) -> Service:
     """Check the models, open the job table, start the workers and wait until they are warm."""
     manifest = read_manifest(config.models, config.fix)
-    data = config.data_dir
-    data.mkdir(parents=True, exist_ok=True)
-    store = JobStore(data)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(config.data_dir)
     budget = config.memory_budget(available_bytes())
     hub = EventHub(config.event_history)
     spec = WorkerSpec(0, config.models, config.fix, config.engine, store.jobs_dir, config.preview_every, scrub_pairs(config))
     pool = WorkerPool(config, store, hub.publish_threadsafe, spec)
     try:
         pool.start()
+        info = pool.worker_info()  # the estimate depends on the backend the workers chose
+        admission = Admission(config.worker_share(budget), info.get("backend", "onnxruntime"), info.get("precision", "fp32"))
+        check_smallest_job(manifest.spec, admission, config.workers)
     except BaseException:
+        pool.stop(config.cancel_timeout)
         store.close()
         raise
     preset = str(manifest.data.get("preset", "gatys"))
-    return Service(config, store, pool, hub, manifest.spec, preset, budget, config.worker_share(budget))
+    return Service(config, store, pool, hub, manifest.spec, preset, budget, admission)
+
+
+def check_smallest_job(spec: LossSpec, admission: Admission, workers: int) -> None:
+    """A budget that refuses even a 32 px job is a mistake to report now, not on every request."""
+    smallest = estimate_run_bytes(spec, 32, 32, RunSettings(size=32), backend=admission.backend, precision=admission.precision)
+    if admission.share is not None and smallest > admission.share:
+        raise ResourceError(
+            f"the memory budget leaves each of {workers} worker(s) {admission.share / 2**30:.2f} GiB, less than the "
+            f"smallest job needs ({smallest / 2**30:.2f} GiB): use fewer --workers or a larger --memory-budget"
+        )
 
 
 class UploadLimit:
@@ -253,7 +265,7 @@ def _add_job_routes(app: FastAPI, service: Service) -> None:
         settings = parse_settings(settings_text, len(styles), service.preset, service.config)
         async with service.intake_lock:
             record = await run_in_threadpool(
-                prepare_job, service.store, service.config, service.spec, service.share, content, styles, settings
+                prepare_job, service.store, service.config, service.spec, service.admission, content, styles, settings
             )
         if not service.pool.submit(record):
             shutil.rmtree(service.store.job_dir(record.id), ignore_errors=True)

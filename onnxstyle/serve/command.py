@@ -23,7 +23,6 @@ from ..runtime.settings import EngineConfig
 from .settings import TOKEN_ENV, ServeConfig
 
 DEFAULTS = ServeConfig(models=Path("."))
-SERVE_MODULES = ("fastapi", "uvicorn", "python_multipart")
 
 HostOpt = Annotated[str, typer.Option(help="address to listen on; 0.0.0.0 exposes the service to the network")]
 PortOpt = Annotated[int, typer.Option(min=1, max=65535)]
@@ -33,19 +32,30 @@ DataOpt = Annotated[
     Optional[Path], typer.Option(file_okay=False, help="job table and results", show_default="$XDG_DATA_HOME/onnxstyle/serve")
 ]
 TokenOpt = Annotated[
-    Optional[str], typer.Option(envvar=TOKEN_ENV, show_envvar=True, help="require Authorization: Bearer TOKEN (prefer the variable: arguments show in ps)")
+    Optional[str],
+    typer.Option(envvar=TOKEN_ENV, show_envvar=True, help="require Authorization: Bearer TOKEN (prefer the variable: ps shows arguments)"),
 ]
 MaxUploadOpt = Annotated[float, typer.Option(min=0.001, help="largest request body, in MB")]
 MaxSizeOpt = Annotated[int, typer.Option(min=32, help="largest output side a job may ask for, in px")]
-BudgetOpt = Annotated[Optional[int], typer.Option(min=1, help="memory for the server and its workers, in MB", show_default="available at start minus --memory-margin")]
+BudgetOpt = Annotated[
+    Optional[int],
+    typer.Option(min=1, help="memory for the server and its workers, in MB", show_default="available at start minus --memory-margin"),
+]
 MarginOpt = Annotated[int, typer.Option(min=0, help="memory left to the rest of the machine, in MB")]
 CorsOpt = Annotated[Optional[list[str]], typer.Option(help="allow this origin (repeatable); CORS is off without it")]
 
 
 def _check_extra() -> None:
-    missing = [m for m in SERVE_MODULES if importlib.util.find_spec(m) is None]
-    if missing:
-        raise MissingDependencyError(f"serve needs {', '.join(missing)}: pip install 'onnxstyle[serve]'")
+    """The [serve] extra, imported here (the command needs it next anyway) so that a missing
+    or broken install is one line, not a traceback from deep inside the app."""
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as e:
+        raise MissingDependencyError(f"serve needs {e.name or 'fastapi and uvicorn'}: pip install 'onnxstyle[serve]'") from None
+    # python-multipart (form uploads) is imported as python_multipart, or multipart before 0.0.13.
+    if importlib.util.find_spec("python_multipart") is None and importlib.util.find_spec("multipart") is None:
+        raise MissingDependencyError("serve needs python-multipart: pip install 'onnxstyle[serve]'")
 
 
 def _check_port(host: str, port: int) -> None:

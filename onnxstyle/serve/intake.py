@@ -53,9 +53,9 @@ class RemoteSettings(BaseModel):
     style_scale: Optional[float] = Field(None, ge=0.05, le=4.0)
     init: Optional[Literal["content", "style", "noise"]] = None
     seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
-    optimizer: Optional[Literal["lbfgs", "torch-lbfgs", "keras-lbfgs", "adam"]] = None
+    optimizer: Optional[str] = None  # checked by RunSettings, which knows the optimizers
     lr: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
-    preserve_color: Optional[Literal["luminance", "histogram"]] = None
+    preserve_color: Optional[str] = None  # checked by RunSettings
     scales: Optional[list[int]] = None
     scale_iterations: Optional[list[int]] = None
 
@@ -146,9 +146,20 @@ def plan_size(header: ImageHeader, settings: RunSettings) -> tuple[int, int]:
     return fit_size(h, w, settings.stages()[-1][0], settings.fit)
 
 
-def admit_memory(spec: LossSpec, hw: tuple[int, int], settings: RunSettings, share: int | None) -> int:
+@dataclass(frozen=True)
+class Admission:
+    """What a job's memory is measured against: one worker's share of the budget (None:
+    unknown, nothing refused) and the backend the workers run (the estimate depends on it)."""
+
+    share: int | None
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+
+
+def admit_memory(spec: LossSpec, hw: tuple[int, int], settings: RunSettings, admission: Admission) -> int:
     """The run's estimated peak; 422 if it cannot fit one worker's share of the budget."""
-    need = estimate_run_bytes(spec, hw[0], hw[1], settings)
+    need = estimate_run_bytes(spec, hw[0], hw[1], settings, backend=admission.backend, precision=admission.precision)
+    share = admission.share
     if share is not None and need > share:
         raise ApiError(
             422,
@@ -171,14 +182,14 @@ def _decode(upload: Upload, folder: Path, side: int, max_pixels: int) -> tuple[A
 
 
 def prepare_job(
-    store: JobStore, config: ServeConfig, spec: LossSpec, share: int | None, content: Upload, styles: list[Upload], settings: RunSettings
+    store: JobStore, config: ServeConfig, spec: LossSpec, admission: Admission, content: Upload, styles: list[Upload], settings: RunSettings
 ) -> JobRecord:
     """Check and decode the uploads into a new job's folder; the queued record to submit."""
     content_header = check_header(content, config.max_pixels)
     for style in styles:
         check_header(style, config.max_pixels)
     h, w = plan_size(content_header, settings)
-    estimate = admit_memory(spec, (h, w), settings, share)
+    estimate = admit_memory(spec, (h, w), settings, admission)
     job_id = new_job_id()
     folder = store.job_dir(job_id)
     folder.mkdir(parents=True)
@@ -189,7 +200,7 @@ def prepare_job(
             save_array(folder / "alpha.npy", alpha)
         # Styles at the side their Grams are taken at (as the CLI's StylizeJob does).
         style_side = max(32, round(max(settings.size, h, w) * settings.style_scale))
-        for i, (style, name) in enumerate(zip(styles, input_names(len(styles))[1:])):
+        for style, name in zip(styles, input_names(len(styles))[1:]):
             srgb, _ = _decode(style, folder, style_side, config.max_pixels)
             if min(srgb.shape[:2]) < MIN_SIDE:
                 raise ApiError(422, f"{style.label}: too elongated for a {style_side} px style image (a side under {MIN_SIDE} px)")

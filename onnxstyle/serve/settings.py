@@ -99,7 +99,7 @@ class ServeConfig:
         if self.token is not None and not self.token.strip():
             raise ValueError("the token is empty; give a non-empty --token or unset ONNXSTYLE_TOKEN")
 
-    def replace(self, **changes: Any) -> "ServeConfig":
+    def replace(self, **changes: Any) -> ServeConfig:
         return dataclasses.replace(self, **changes)
 
     @property

@@ -9,6 +9,7 @@ random UUID in its canonical form: no text from a request ever becomes part of a
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import io
 import json
 import sqlite3
@@ -19,11 +20,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import OnnxStyleError
 from ..runtime.image_io import write_atomic
+
+if TYPE_CHECKING:
+    from ..runtime.settings import RunSettings
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
@@ -135,6 +140,7 @@ class JobStore:
         self.data = Path(data)
         self.jobs_dir = self.data / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self._owner = _lock_folder(self.data)
         self._lock = threading.Lock()
         # One connection shared by the event loop and the supervisor thread, under a lock:
         # each statement takes well under a millisecond.
@@ -146,6 +152,7 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        self._owner.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -229,6 +236,18 @@ class JobStore:
         return all((folder / name).is_file() for name in input_names(job.styles))
 
 
+def _lock_folder(data: Path) -> IO[str]:
+    """One server per data folder: two would run the same queued jobs. The kernel drops the
+    lock when the process ends, however it ends, so a restart after kill -9 is not refused."""
+    handle = open(data / "serve.lock", "a+")  # noqa: SIM115 (held for the store's lifetime)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise OnnxStyleError(f"{data} is in use by another onnxstyle serve; give this one its own --data") from None
+    return handle
+
+
 def input_names(styles: int) -> list[str]:
     return ["content.npy", *[f"style-{i}.npy" for i in range(styles)]]
 
@@ -255,14 +274,15 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
 _TUPLE_FIELDS = ("style_blend", "scales", "scale_iterations", "adam_betas")
 
 
-def settings_record(settings: Any) -> dict[str, Any]:
+def settings_record(settings: RunSettings) -> dict[str, Any]:
     """RunSettings as JSON-able data (what the table stores and the API shows)."""
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()}
 
 
-def settings_from_record(record: dict[str, Any]) -> Any:
+def settings_from_record(record: dict[str, Any]) -> RunSettings:
     """The RunSettings a record describes (JSON turned its tuples into lists)."""
     from ..runtime.settings import RunSettings
 
-    values = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in record.items()}
+    known = {f.name for f in dataclasses.fields(RunSettings)}  # a record from an older version may differ
+    values: dict[str, Any] = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in record.items() if k in known}
     return RunSettings(**values)

@@ -86,7 +86,11 @@ def _serve_jobs(spec: WorkerSpec, conn: Connection) -> None:
     except Exception as e:  # reported to the server, which refuses to start with it
         conn.send(("fatal", scrub(_describe(e), spec.scrub)))
         return
-    info = {"pid": os.getpid(), "provider": stylizer.engine.provider, "threads": stylizer.engine.threads}
+    choice = stylizer.engine.choice  # the server sizes its memory admission for this backend
+    info = {
+        "pid": os.getpid(), "provider": stylizer.engine.provider, "threads": stylizer.engine.threads,
+        "backend": choice.backend, "precision": choice.precision,
+    }
     conn.send(("ready", info))
     while True:
         message = conn.recv()

@@ -135,10 +135,15 @@ class WorkerPool:
         deadline = time.monotonic() + timeout
         for w in self._workers:
             w.process.join(max(0.1, deadline - time.monotonic()))
+        with self._lock:
+            for w in self._workers:
+                self._drain(w)  # a job that ended just before the stop keeps its outcome
         self._kill_all()
         with self._lock:
             for job in [j for j in self._live.values() if j.status == RUNNING]:
-                fresh = dataclasses.replace(job, status=QUEUED, started=None, step=0, loss=None, terms={}, elapsed=0.0, stage=1)
+                fresh = dataclasses.replace(
+                    job, status=QUEUED, started=None, step=0, loss=None, terms={}, elapsed=0.0, stage=1, preview_step=0
+                )
                 self._change(fresh, "queued")
 
     def _kill_all(self) -> None:

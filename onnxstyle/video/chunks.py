@@ -77,5 +77,5 @@ def stylize_chunked(
     for c in chunks:
         given = ((i, frames[f], None) for i, f in enumerate(c))
         outs = [out for _, out, _ in stylize_frames(stylizer, given, styles, run, video)]
-        per_chunk.append({f: o for f, o in zip(c, outs)})
+        per_chunk.append(dict(zip(c, outs, strict=True)))
     return [blend(f, chunks, {k: per_chunk[k][f] for k in covering(f, chunks)}) for f in range(len(frames))]

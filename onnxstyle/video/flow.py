@@ -55,7 +55,7 @@ def to_gray8(rgb: np.ndarray) -> np.ndarray:
 
 def dis_flow(source: np.ndarray, target: np.ndarray, config: FlowConfig = FlowConfig()) -> np.ndarray:
     """Dense flow from ``source`` to ``target`` (RGB or grey images of the same size)."""
-    dis = cv2.DISOpticalFlow_create(config.preset)
+    dis = cv2.DISOpticalFlow.create(config.preset)
     dis.setFinestScale(config.finest_scale)
     a = source if source.ndim == 2 and source.dtype == np.uint8 else to_gray8(source)
     b = target if target.ndim == 2 and target.dtype == np.uint8 else to_gray8(target)

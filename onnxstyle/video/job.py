@@ -11,6 +11,7 @@ settings is refused rather than mixing two stylizations in one clip.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -158,7 +159,7 @@ class VideoJob:
     def source(self, start: int = 0) -> Iterator[np.ndarray]:
         assert self.info is not None, "prepare() first"
         frames = vio.read_frames(self.info, self.height, self.width, start, self.max_pixels)
-        for _, rgb in zip(range(start, self.frames), frames):
+        for _, rgb in zip(range(start, self.frames), frames):  # noqa: B905 - the clip may hold more
             yield rgb
 
     def write_frame(self, index: int, rgb: np.ndarray) -> None:
@@ -172,7 +173,7 @@ class VideoJob:
 
         def frames() -> Iterator[tuple[int, np.ndarray, Callable[[], np.ndarray] | None]]:
             for i, rgb in enumerate(self.source()):
-                yield i, rgb, (lambda i=i: vio.read_frame(self.work, i)) if i in done else None
+                yield i, rgb, functools.partial(vio.read_frame, self.work, i) if i in done else None
 
         t0 = time.perf_counter()
         for i, out, result in stylize_frames(stylizer, frames(), self.style_rgbs, self.settings, self.video, self.frames, progress):
@@ -197,12 +198,12 @@ class VideoJob:
         for n, (k, got) in enumerate(pool.map_unordered("chunk", self._chunk_tasks(chunks, todo)), start=1):
             c = chunks[k]
             if isinstance(got, BaseException):
-                failed.append(f"chunk {k + 1} (frames {c.start}-{c.stop - 1}): {str(got).strip().splitlines()[-1] if str(got).strip() else type(got).__name__}")
+                failed.append(f"chunk {k + 1} (frames {c.start}-{c.stop - 1}): {_last_line(got)}")
                 report(f"chunk {n}/{len(todo)} failed: {failed[-1]}")
                 continue
             outs, evaluations = got
             stats.evaluations += evaluations
-            for f, rgb in zip(c, outs):
+            for f, rgb in zip(c, outs, strict=True):
                 if f in done:
                     continue
                 pieces.setdefault(f, {})[k] = rgb.astype(np.float32) / 255.0
@@ -255,3 +256,9 @@ def _at_size(settings: RunSettings, height: int, width: int) -> RunSettings:
     side = max(height, width)
     scales = (*settings.scales[:-1], side) if settings.scales else None
     return settings.replace(size=side, fit="longest", scales=scales)
+
+
+def _last_line(e: BaseException) -> str:
+    """A remote error's own message: Ray wraps it in a traceback, whose last line it is."""
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__

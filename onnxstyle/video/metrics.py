@@ -44,10 +44,10 @@ class FarnebackConfig:
 def farneback(source: np.ndarray, target: np.ndarray, config: FarnebackConfig = FarnebackConfig()) -> np.ndarray:
     """Dense flow from ``source`` to ``target`` (RGB float in [0,1]), HxWx2 float32."""
     c = config
-    flow = cv2.calcOpticalFlowFarneback(
-        to_gray8(source), to_gray8(target), None, c.pyr_scale, c.levels, c.winsize, c.iterations, c.poly_n, c.poly_sigma, 0
-    )
-    return flow.astype(np.float32)
+    a, b = to_gray8(source), to_gray8(target)
+    flow = np.zeros((*a.shape, 2), np.float32)
+    flow = cv2.calcOpticalFlowFarneback(a, b, flow, c.pyr_scale, c.levels, c.winsize, c.iterations, c.poly_n, c.poly_sigma, 0)
+    return np.asarray(flow, np.float32)
 
 
 def metric_motion(previous: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +87,6 @@ def style_content_distances(
     its content layers, with the targets built as a run builds them."""
     targets = stylizer.targets(content, styles, settings.replace(size=max(content.shape[:2])), regions=0)
     got = stylizer.engine.features(to_nchw(output))
-    grams = [_relative(got[k].reshape(targets[k].shape[-2:]), targets[k].reshape(targets[k].shape[-2:])) for k in targets if k.startswith("gram_")]
+    grams = [_relative(got[k].reshape(v.shape[-2:]), v.reshape(v.shape[-2:])) for k, v in targets.items() if k.startswith("gram_")]
     contents = [_relative(got[k], targets[k]) for k in targets if k.startswith("content_")]
     return float(np.mean(grams)), float(np.mean(contents))

@@ -1,0 +1,164 @@
+"""Batch: resume by skipping outputs that exist, a failing item reported while the others
+finish, the split of cores, and a real local Ray cluster."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import DATA, cli_env
+
+from onnxstyle.batch.items import Tally, plan_items
+from onnxstyle.batch.pools import split_cores
+from onnxstyle.runtime.image_io import load_image, probe_image, read_png_text
+
+
+def batch_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "onnxstyle.cli", "batch", *args]
+
+
+@pytest.fixture()
+def inputs(tmp_path: Path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(DATA / "tubingen.png", folder / "tubingen.png")
+    shutil.copy(DATA / "the_scream.png", folder / "scream.png")
+    data = (DATA / "starry_night.png").read_bytes()
+    (folder / "broken.png").write_bytes(data[: len(data) // 2])  # cut short: must be refused
+    (folder / "notes.txt").write_text("not an image: ignored")
+    return folder
+
+
+@pytest.mark.slow
+def test_batch_reports_a_corrupt_item_finishes_the_others_and_resumes(caffe_export: Path, inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = batch_cli(str(inputs), str(DATA / "starry_night.png"), "-o", str(out), "--size", "40", "--iterations", "4",
+                     "--models", str(caffe_export), "--device", "cpu", "--workers", "2", "--threads", "1")
+    r = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert r.returncode == 6, r.stderr  # ImageError's code: the one kind of failure
+    assert "broken.png" in r.stderr and "truncated" in r.stderr
+    assert "2 done, 0 skipped (output exists), 1 failed of 3" in r.stderr
+    made = sorted(p.name for p in out.iterdir())
+    assert made == ["scream.png", "tubingen.png"]
+    assert probe_image(out / "tubingen.png").oriented == (30, 40)  # 96x72 at --size 40
+    assert probe_image(out / "scream.png").oriented == (40, 31)  # 75x96
+    for name in made:
+        assert "starry_night.png" in read_png_text(out / name)["onnxstyle"]
+    stylized, _ = load_image(out / "tubingen.png")
+    original, _ = load_image(DATA / "tubingen.png", 40)
+    assert np.abs(stylized - original).mean() > 0.01  # stylized, not copied
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+
+    again = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert again.returncode == 6 and "skipping 2 of 3 images" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes  # not redone
+
+    (inputs / "broken.png").unlink()
+    done = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert done.returncode == 0 and "0 done, 2 skipped" in done.stderr
+
+
+def test_outputs_keep_both_names_when_two_inputs_share_a_stem(tmp_path: Path) -> None:
+    for name in ("a.jpg", "a.png", "b.webp", ".hidden.png", "c.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    items = plan_items(tmp_path, tmp_path / "out", ".png")
+    assert [(i.name, i.output.name) for i in items] == [("a.jpg", "a.jpg.png"), ("a.png", "a.png.png"), ("b.webp", "b.png")]
+
+
+@pytest.mark.parametrize(
+    "cores,items,workers,threads,cap,expect",
+    [
+        (2, 10, None, None, None, (2, 1)),  # one single-threaded worker per core
+        (8, 3, None, None, None, (3, 2)),  # never more workers than items; their threads fill the cores
+        (8, 10, None, None, 2, (2, 4)),  # memory for two runs only
+        (8, 10, None, 4, None, (2, 4)),  # --threads 4: workers × threads ≤ cores
+        (8, 10, 3, None, None, (3, 2)),  # --workers 3
+        (2, 10, 4, 4, None, (4, 4)),  # both given: as asked
+    ],
+)
+def test_cores_are_split_so_workers_times_threads_fit(cores: int, items: int, workers: int | None, threads: int | None, cap: int | None, expect: tuple[int, int]) -> None:
+    s = split_cores(cores, items, workers, threads, cap)
+    assert (s.workers, s.threads) == expect
+
+
+def test_exit_code_is_the_failures_kind_or_1_for_a_mix() -> None:
+    t = Tally(3)
+    assert t.exit_code() == 0
+    t.failed.append(("a", "truncated", 6))
+    assert t.exit_code() == 6
+    t.failed.append(("b", "faults", 9))
+    assert t.exit_code() == 1
+
+
+def test_missing_ray_is_one_line_and_exit_10(caffe_export: Path, inputs: Path, tmp_path: Path) -> None:
+    block = "import sys; sys.modules['ray'] = None\nfrom onnxstyle.cli import main\n"
+    argv = ["onnxstyle", "batch", str(inputs), str(DATA / "starry_night.png"), "-o", str(tmp_path / "o"), "--models", str(caffe_export), "--ray"]
+    r = subprocess.run([sys.executable, "-c", block + f"sys.argv = {argv!r}\nmain()"], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert r.returncode == 10, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "pip install 'onnxstyle[ray]'" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_local_ray_cluster_runs_images_and_video_chunks_on_warm_actors(caffe_export: Path, tmp_path: Path) -> None:
+    """Ray started here (2 CPUs, no dashboard); two actors of one CPU each, their engines set
+    to one thread; the models folder shipped through the object store as to a cluster. Images
+    by path, by bytes and one corrupt; then a clip in overlapping chunks, and its resume."""
+    import ray
+
+    from onnxstyle.batch.pools import RayWorkers
+    from onnxstyle.batch.worker import ModelsSource, Outcome, WorkerSpec
+    from onnxstyle.runtime.image_io import save_image
+    from onnxstyle.runtime.settings import EngineConfig, RunSettings
+    from onnxstyle.video import io as vio
+    from onnxstyle.video.chunks import ChunkPlan
+    from onnxstyle.video.job import VideoJob
+    from video_helpers import pan, texture
+
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i, f in enumerate(pan(texture(60, 90), 7, 30, 40, (2, 1))):
+        save_image(clip / f"{i}.png", f)
+    job = VideoJob(clip, [DATA / "starry_night.png"], tmp_path / "styled", RunSettings(size=40, iterations=3))
+    job.check_paths()
+    job.prepare("test")
+    job.load_styles()
+
+    def too_slow(signum: int, frame: object) -> None:
+        raise TimeoutError("the Ray test ran past its bound")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(240)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        spec = WorkerSpec(ModelsSource(str(caffe_export), "onnxstyle export"), EngineConfig(device="cpu"), job.style_rgbs, job.settings)
+        with RayWorkers(spec, threads=1, workers=None, ship=True) as pool:
+            assert pool.split.workers == 2 and pool.spec.models.blobs is not None
+            assert ray.get([a.threads.remote() for a in pool.actors]) == [1, 1]
+            broken = (DATA / "tubingen.png").read_bytes()[:300]
+            tasks = [("t", ("tubingen.png", str(DATA / "tubingen.png"), None)),
+                     ("s", ("scream.png", None, (DATA / "the_scream.png").read_bytes())),
+                     ("b", ("broken.png", None, broken))]
+            got: dict[str, Outcome] = dict(pool.map_unordered("image", tasks))
+            assert got["t"].data is not None and got["s"].data is not None
+            assert got["b"].data is None and got["b"].exit_code == 6 and (got["b"].error or "").startswith("broken.png:")
+
+            reports: list[str] = []
+            stats = job.run_chunks(pool, ChunkPlan(length=4, overlap=1), reports.append)  # chunks 0-3 and 3-6
+            assert stats.made == 7 and len(reports) == 2 and stats.evaluations == 2 * (3 + 3 * 1)
+            assert vio.done_frames(job.work) == list(range(7))
+            kept = {i: vio.frame_path(job.work, i).stat().st_mtime_ns for i in range(7)}
+            vio.frame_path(job.work, 5).unlink()
+            reports.clear()
+            again = job.run_chunks(pool, ChunkPlan(length=4, overlap=1), reports.append)
+            assert again.made == 1 and again.reused == 6 and len(reports) == 1  # only the second chunk ran
+            assert all(vio.frame_path(job.work, i).stat().st_mtime_ns == kept[i] for i in kept if i != 5)
+    finally:
+        ray.shutdown()
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

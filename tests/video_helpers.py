@@ -1,0 +1,73 @@
+"""Synthetic clips with known content and motion for the video tests (PyAV writes them)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth random colour texture (RGB float32 in [0,1]): flow has detail everywhere to lock on."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.random((height, width, 3)).astype(np.float32), (0, 0), 1.5)
+    return (img - img.min()) / (img.max() - img.min())
+
+
+def pan(source: np.ndarray, frames: int, height: int, width: int, step: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
+    """A camera pan over ``source``: frame t is the window at origin + t·step (dx, dy), so
+    the backward flow (frame t → t-1) is exactly -step... negated: see ``pan_backward``."""
+    x0, y0 = origin
+    dx, dy = step
+    return [source[y0 + t * dy : y0 + t * dy + height, x0 + t * dx : x0 + t * dx + width].copy() for t in range(frames)]
+
+
+def write_clip(path: Path, frames: list[np.ndarray], fps: Fraction, audio: str | None = None, video_codec: str = "mpeg4") -> None:
+    """A clip of ``frames`` at ``fps`` with, optionally, a 440 Hz tone in ``audio`` codec
+    (aac or pcm_s16le), written by PyAV independently of onnxstyle's writer."""
+    import av
+
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream(video_codec, rate=fps)
+        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.options = {"qscale": "2"} if video_codec == "mpeg4" else {}
+        if audio:
+            rate = 48000 if audio == "aac" else 16000
+            ast = out.add_stream(audio, rate=rate)
+            fmt = "fltp" if audio == "aac" else "s16"
+            seconds = len(frames) / fps
+            n = int(rate * seconds)
+            tone = 0.2 * np.sin(2 * np.pi * 440 * np.arange(n) / rate)
+            chunk = ast.codec_context.frame_size or 1024
+            for start in range(0, n, chunk):
+                part = tone[start : start + chunk]
+                arr = part[None].astype(np.float32) if fmt == "fltp" else (part * 32767).astype(np.int16)[None]
+                frame = av.AudioFrame.from_ndarray(arr, format=fmt, layout="mono")
+                frame.sample_rate, frame.pts = rate, start
+                out.mux(ast.encode(frame))
+            out.mux(ast.encode(None))
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8), format="rgb24")
+            frame.pts = i
+            out.mux(vs.encode(frame))
+        out.mux(vs.encode(None))
+
+
+def read_clip(path: Path) -> tuple[list[np.ndarray], Fraction, list[str], float]:
+    """(frames RGB float32, fps, audio codec names, audio seconds) as PyAV reads them."""
+    import av
+
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        fps = Fraction(v.average_rate)
+        codecs = [a.codec_context.name for a in c.streams.audio]
+        frames = [f.to_ndarray(format="rgb24").astype(np.float32) / 255 for f in c.decode(video=0)]
+    seconds = 0.0
+    if codecs:
+        with av.open(str(path)) as c:
+            samples = sum(f.samples for f in c.decode(audio=0))
+            seconds = samples / c.streams.audio[0].codec_context.sample_rate
+    return frames, fps, codecs, seconds
