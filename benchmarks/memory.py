@@ -82,7 +82,7 @@ st = Stylizer(cfg["models"], EngineConfig(device=cfg["device"]))
 content = load_image(cfg["content"], cfg["size"])[0]
 style = load_image(cfg["style"], cfg["size"])[0]
 h, w = content.shape[:2]
-st.engine._runner(FEATURES, h, w, 1); st.engine._runner(LOSS_GRAD, h, w, 1)
+st.engine._runner(FEATURES, h, w, 1, exact=True); st.engine._runner(LOSS_GRAD, h, w, 1)
 marks.append(("sessions", mem()))
 targets = st.targets(content, [style], s, regions=1 if st.engine.guided else 0)
 marks.append(("features pass", mem()))

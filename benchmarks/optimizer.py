@@ -28,7 +28,7 @@ from onnxstyle.runtime.api import Stylizer  # noqa: E402
 from onnxstyle.runtime.settings import EngineConfig, RunSettings  # noqa: E402
 from onnxstyle.spec import export_settings_for  # noqa: E402
 from onnxstyle.runtime.image_io import load_image, resize_longest, to_nchw  # noqa: E402
-from onnxstyle.runtime.optimize import adam, lbfgs  # noqa: E402
+from onnxstyle.runtime.optimize import adam, lbfgs, lbfgs32  # noqa: E402
 from onnxstyle.runtime.providers import cpu_model  # noqa: E402
 
 CHECKPOINTS = (25, 50, 100, 200, 300, 500)
@@ -68,13 +68,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--evals", type=int, default=300)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--device", default="cpu", help="the engine for every row (cpu: onnxruntime fp32)")
     args = ap.parse_args()
 
     data = ROOT / "onnxstyle" / "data"
     content, _ = load_image(data / "tubingen.jpg")
     style, _ = load_image(data / "starry_night.jpg")
     s = RunSettings(size=args.size)
-    st = Stylizer(resolve_models(export_settings_for("gatys")).folder)
+    st = Stylizer(resolve_models(export_settings_for("gatys")).folder, EngineConfig(device=args.device))
     content = resize_longest(content, s.size)
     targets = st.targets(content, [style], s, regions=1)
     targets["guide"] = np.ones((1, 1, *content.shape[:2]), np.float32)
@@ -93,8 +94,10 @@ def main() -> None:
         runs[name] = {"losses": losses, "wall_s": wall}
         print(f"{name:38s} {len(losses)} evals, best {min(losses):.4g}, {wall:.1f}s", flush=True)
 
-    for h in (5, 20, 100):
-        record(f"scipy L-BFGS-B, history {h}", lambda h=h: lbfgs(objective, x0, args.evals, history=h).history)
+    for h in (5, 20):
+        record(f"scipy L-BFGS-B, history {h} (float64)", lambda h=h: lbfgs(objective, x0, args.evals, history=h).history)
+    for h in (3, 5, 10, 20):
+        record(f"projected L-BFGS, history {h} (float32)", lambda h=h: lbfgs32(objective, x0, args.evals, history=h).history)
     record("torch LBFGS, history 100, no line search (clamp)", lambda: torch_lbfgs(objective, x0, args.evals, 100, None, True))
     record("torch LBFGS, history 100, strong Wolfe", lambda: torch_lbfgs(objective, x0, args.evals, 100, "strong_wolfe", False))
     record("Adam lr 0.02", lambda: adam(objective, x0, args.evals, lr=0.02).history)

@@ -71,13 +71,14 @@ WorkersOpt = Annotated[
 ]
 RayOpt = Annotated[bool, typer.Option("--ray", help="run on Ray (pip install 'onnxstyle[ray]'): a local Ray, or --ray-address")]
 RayAddressOpt = Annotated[
-    Optional[str], typer.Option(envvar="RAY_ADDRESS", help="a Ray cluster to run on (ray://host:10001 or host:6379)", show_default="a local Ray")
+    Optional[str],
+    typer.Option(help="a Ray cluster to run on (ray://host:10001 or host:6379); implies --ray", show_default="RAY_ADDRESS, else a local Ray"),
 ]
 
 
 def run_settings(
-    preset: str, size: int | None, iterations: int | None, init: str | None, optimizer: Any, preserve_color: Any, scales: str | None,
-    scale_iterations: str | None, style_blend: str | None, **explicit: Any,
+    preset: str, size: int | None, iterations: int | None, init: str | None, optimizer: Any, preserve_color: Any,
+    scales: str | None, scale_iterations: str | None, style_blend: str | None, **explicit: Any,
 ) -> RunSettings:
     """Settings from the options shared with stylize; a usage error before any work."""
     from ..runtime.settings import preset_run_settings
@@ -190,7 +191,9 @@ def _run(pool: Any, todo: list[Item], tally: Tally, say: Any) -> None:
     by_name = {it.name: it for it in todo}
     kind = "Ray actors" if type(pool).__name__ == "RayWorkers" else "worker processes"
     say(f"{len(todo)} images on {pool.split.workers} {kind} × {pool.split.threads} threads")
-    tasks = ((it.name, (it.name, str(it.path), None) if getattr(pool, "local", True) else (it.name, None, it.path.read_bytes())) for it in todo)
+    # Paths where the workers share this machine's files; else each input's bytes, read as it is sent.
+    local = getattr(pool, "local", True)
+    tasks = ((it.name, (it.name, str(it.path), None) if local else (it.name, None, it.path.read_bytes())) for it in todo)
     t0 = time.perf_counter()
     try:
         with _sigterm_as_interrupt(), pool:
@@ -222,7 +225,8 @@ def _record(item: Item, outcome: Any, tally: Tally, say: Any) -> None:
         return
     if isinstance(outcome, Outcome):
         message, code = outcome.error or "failed", outcome.exit_code or 1
-    else:  # an exception from the worker or its process
-        message, code = f"{type(outcome).__name__}: {str(outcome).strip().splitlines()[-1] if str(outcome).strip() else ''}", 1
+    else:  # an exception from the worker or its process (Ray wraps it in a traceback: its last line)
+        text = str(outcome).strip()
+        message, code = f"{type(outcome).__name__}: {text.splitlines()[-1] if text else ''}", 1
     tally.failed.append((item.name, message, code))
     say(f"{n} {item.name} failed: {message}")

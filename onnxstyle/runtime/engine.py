@@ -64,7 +64,7 @@ class Engine:
         self.fix_hint = fix_hint
         self.manifest: Manifest = read_manifest(self.folder, fix_hint)
         self.choice: BackendChoice = select_backend(available_backends(), self.config)
-        self._runners: dict[tuple[str, int, int, int], GraphRunner] = {}
+        self._runners: dict[tuple[str, str, int, int, int], GraphRunner] = {}
         self.feature_names = [o["name"] for o in self.manifest.outputs(FEATURES)]
         self.weight_defaults = self.manifest.weight_defaults
         lg_inputs = {i["name"] for i in self.manifest.inputs(LOSS_GRAD)}
@@ -82,17 +82,17 @@ class Engine:
     def threads(self) -> int:
         return self.choice.threads
 
-    def _runner(self, graph: str, height: int, width: int, regions: int) -> GraphRunner:
+    def _runner(self, graph: str, height: int, width: int, regions: int, exact: bool = False) -> GraphRunner:
+        """A warm runner; ``exact``: fp32 whatever the engine's precision (the targets)."""
+        choice = self.choice
+        if exact and choice.precision != "fp32":
+            choice = dataclasses.replace(choice, precision="fp32")
         # Shape-specialised backends (TensorRT) build per size; the others serve every size.
-        key = (graph, height, width, regions) if self.choice.per_shape else (graph, 0, 0, 0)
+        size = (height, width, regions) if choice.per_shape else (0, 0, 0)
+        key = (graph, choice.precision, *size)
         runner = self._runners.get(key)
         if runner is None:
             shapes = {i["name"]: resolve_shape(i["shape"], height, width, regions) for i in self.manifest.inputs(graph)}
-            choice = self.choice
-            if graph == FEATURES and choice.precision == "bf16":
-                # The targets are computed once per stage: fp32 keeps them exact for the cost
-                # of a fraction of one evaluation; the hundreds of gradients run in bf16.
-                choice = dataclasses.replace(choice, precision="fp32")
             runner = make_runner(choice, self.folder, graph, shapes, self.fix_hint, self.weight_defaults if graph == LOSS_GRAD else {})
             self._runners[key] = runner
         return runner
@@ -102,7 +102,10 @@ class Engine:
         for key in [k for k in self._runners if k[0] == graph]:
             self._runners.pop(key).close()
 
-    def features(self, image: np.ndarray, guide: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def features(self, image: np.ndarray, guide: np.ndarray | None = None, exact: bool = True) -> dict[str, np.ndarray]:
+        """Content maps and Grams. ``exact`` (the default, for targets): fp32 even on a bf16
+        engine, as targets are computed once per stage; a tiled evaluation's first pass runs
+        at the engine's precision (``exact=False``)."""
         _, _, h, w = image.shape
         feeds: dict[str, np.ndarray] = {"image": _f32(image)}
         if self._features_guided:
@@ -110,7 +113,7 @@ class Engine:
         elif guide is not None:
             raise ModelsError(f"{self.folder} has no guided features graph; re-export with: {self.fix_hint}")
         regions = feeds["guide"].shape[0] if "guide" in feeds else 1
-        return self._runner(FEATURES, h, w, regions).run(feeds, self.feature_names)
+        return self._runner(FEATURES, h, w, regions, exact).run(feeds, self.feature_names)
 
     def loss_grad(
         self, image: np.ndarray, targets: dict[str, np.ndarray], weights: dict[str, float] | None = None

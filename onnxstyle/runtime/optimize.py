@@ -49,6 +49,8 @@ class Result:
     history: list[float] = field(default_factory=list)
     # Set when repeated faults stopped the run early; the image is still the best seen.
     error: str | None = None
+    # The evaluation at which a bf16 run went on in fp32 (its line search stalled), if it did.
+    precision_switch: int | None = None
 
 
 class _Stop(Exception):
@@ -248,6 +250,8 @@ def lbfgs32(
     history: int = 10,
     callback: Callable[[Iterate], None] | None = None,
     max_faults: int = 5,
+    on_stall: Callable[[], bool] | None = None,
+    patience: int = 30,
 ) -> Result:
     """Projected L-BFGS with the pixels bounded to [0, 1], all state in float32.
 
@@ -256,20 +260,27 @@ def lbfgs32(
     keeps float64 bounds). Variables at a bound with the gradient pushing outward are held
     (the active set), the two-loop direction acts on the others, and a backtracking search
     runs along the projected path. ``benchmarks/optimizer.py`` compares it with L-BFGS-B.
+
+    ``on_stall``: called when the line search fails or the best loss has not improved for
+    ``patience`` evaluations; returning True means the objective became more exact (bf16 →
+    fp32), and the run goes on from the best image with a fresh memory.
     """
     track = _Tracker(objective, evaluations, callback, x0.shape, spike_factor=np.inf)
     mem = _History(history)
     error = None
     x = np.clip(x0.astype(np.float32).ravel(), 0.0, 1.0)
     f, g = 0.0, x  # set by the first evaluation
-    evaluate, failures = True, 0
+    evaluate, failures, improved = True, 0, (0, float("inf"))
     try:
         while track.step < evaluations:
             try:
                 if evaluate:
                     f, g = track(x)
                     g, evaluate = np.asarray(g, np.float32).ravel(), False
-                step = _lbfgs_step(track, mem, x, f, g)
+                if track.best_loss < improved[1]:
+                    improved = (track.step, track.best_loss)
+                stalled = on_stall is not None and track.step - improved[0] >= patience
+                step = None if stalled else _lbfgs_step(track, mem, x, f, g)
             except _Fault as e:
                 if track.faults >= max_faults:
                     error = f"{e}; stopped after {track.faults} faults"
@@ -280,6 +291,16 @@ def lbfgs32(
                 evaluate = True
                 continue
             if step is None:
+                if on_stall is not None:
+                    upgraded, on_stall = on_stall(), None  # one upgrade, then plain L-BFGS
+                    if upgraded:
+                        # A more exact objective: its losses are not comparable with the old ones.
+                        x = (track.best if track.best is not None else x0).astype(np.float32).ravel().copy()
+                        track.best_loss, failures, evaluate = float("inf"), 0, True
+                        mem.clear()
+                        continue
+                    if stalled:
+                        continue
                 failures += 1
                 mem.clear()
                 if failures >= 3:  # three fresh starts without progress: converged

@@ -60,16 +60,21 @@ from .temporal import FrameIterate, VideoSettings
 CHUNKS = ChunkPlan()
 
 LaterItersOpt = Annotated[
-    Optional[int], typer.Option(min=1, help="evaluations for each frame after the first (they start from the previous one warped)", show_default="half of --iterations")
+    Optional[int],
+    typer.Option(min=1, help="evaluations for each frame after the first (it starts from the last one warped)", show_default="half"),
 ]
-TemporalOpt = Annotated[bool, typer.Option("--temporal/--no-temporal", help="temporal consistency (Ruder et al. 2016), or independent frames")]
+TemporalOpt = Annotated[
+    bool, typer.Option("--temporal/--no-temporal", help="temporal consistency (Ruder et al. 2016), or independent frames")
+]
 TemporalWeightOpt = Annotated[Optional[float], typer.Option(min=0, help="weight of the temporal term", show_default="the export's")]
 FpsOpt = Annotated[Optional[float], typer.Option(min=0.001, help="frame rate of a folder of frames", show_default="25")]
 MaxFramesOpt = Annotated[Optional[int], typer.Option(min=1, help="stylize only the first N frames")]
 RestartOpt = Annotated[bool, typer.Option("--restart", help="discard frames of an earlier run instead of resuming")]
 KeepFramesOpt = Annotated[bool, typer.Option("--keep-frames", help="keep the work folder of frames after the video is written")]
-RayOpt = Annotated[bool, typer.Option("--ray", help="split the clip into overlapping chunks run on Ray (pip install 'onnxstyle[ray]')")]
-RayAddressOpt = Annotated[Optional[str], typer.Option(envvar="RAY_ADDRESS", help="a Ray cluster (implies --ray)", show_default="a local Ray")]
+RayOpt = Annotated[bool, typer.Option("--ray", help="overlapping chunks of the clip on Ray (pip install 'onnxstyle[ray]')")]
+RayAddressOpt = Annotated[
+    Optional[str], typer.Option(help="a Ray cluster (implies --ray)", show_default="RAY_ADDRESS, else a local Ray")
+]
 ChunkOpt = Annotated[int, typer.Option(min=2, help="--ray: frames per chunk")]
 OverlapOpt = Annotated[int, typer.Option(min=1, help="--ray: frames shared and cross-faded by neighbouring chunks")]
 WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="--ray: actors", show_default="cluster CPUs / --threads")]
@@ -90,8 +95,10 @@ class VideoProgress:
         if not self.quiet and self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                 TimeElapsedColumn(), console=self.console)
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(), console=self.console,
+            )
             self._bar.__enter__()
             self._clip = self._bar.add_task("frames", total=self.frames, completed=self.done, info="")
             self._frame = self._bar.add_task("frame", total=1, info="")
@@ -104,7 +111,8 @@ class VideoProgress:
             self.done += 1
             self.made += 1
             rate = 60.0 * self.made / max(time.monotonic() - self.started, 1e-9)
-            line = f"frame {u.frame + 1}/{self.frames} done: {u.result.evaluations if u.result else 0} evaluations, {rate:.2f} frames/min"
+            evaluations = u.result.evaluations if u.result else 0
+            line = f"frame {u.frame + 1}/{self.frames} done: {evaluations} evaluations, {rate:.2f} frames/min"
             if self._bar is not None:
                 self._bar.update(self._clip, completed=self.done, info=f"{rate:.2f} frames/min")
             else:
@@ -112,11 +120,12 @@ class VideoProgress:
             return
         it = u.iterate
         if self._bar is not None:
-            self._bar.update(self._frame, description=f"frame {u.frame + 1}", completed=it.step, total=it.total or it.step,
-                             info=f"loss {it.loss:.4g} ({terms_text(it.terms)})")
+            info = f"loss {it.loss:.4g} ({terms_text(it.terms)})"
+            self._bar.update(self._frame, description=f"frame {u.frame + 1}", completed=it.step, total=it.total or it.step, info=info)
         elif time.monotonic() - self._last >= self.interval:
             self._last = time.monotonic()
-            self.console.print(escape(f"frame {u.frame + 1}/{self.frames} evaluation {it.step}/{it.total} loss {it.loss:.4g} ({terms_text(it.terms)})"), soft_wrap=True)
+            line = f"frame {u.frame + 1}/{self.frames} evaluation {it.step}/{it.total} loss {it.loss:.4g} ({terms_text(it.terms)})"
+            self.console.print(escape(line), soft_wrap=True)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self._bar is not None:
@@ -185,9 +194,11 @@ def video(
     files = stylizer.engine.manifest.data.get("files", {})
     done = job.prepare(str(files.get("loss_grad.onnx", {}).get("sha256", stylizer.engine.folder)), restart)
     job.load_styles()
+    assert job.info is not None
+    mode = "temporal consistency" if temporal else "independent frames"
     say(
-        f"{job.input.name}: {job.frames} frames at {float(job.info.fps):.3g} fps → {job.width}x{job.height}, "
-        f"{'temporal consistency' if temporal else 'independent frames'}; device: {stylizer.engine.provider} ({stylizer.engine.threads} threads)"
+        f"{job.input.name}: {job.frames} frames at {float(job.info.fps):.3g} fps → {job.width}x{job.height}, {mode}; "
+        f"device: {stylizer.engine.provider} ({stylizer.engine.threads} threads)"
     )
     if done:
         say(f"resuming: {len(done)} of {job.frames} frames already in {job.work}")
@@ -195,12 +206,14 @@ def video(
     if job.to_video:
         say(f"assembling {job.output} …")
         job.assemble()
-    made = f"{stats.made} frames in {_duration(stats.seconds)} ({stats.frames_per_minute:.2f} frames/min)" if stats.made else "no frames to make"
-    say(f"wrote {job.output}: {made}" + (f", {stats.reused} reused" if stats.reused else ""))
+    made = f"{stats.made} frames in {_duration(stats.seconds)} ({stats.frames_per_minute:.2f} frames/min)"
+    say(f"wrote {job.output}: {made if stats.made else 'no new frames'}" + (f", {stats.reused} reused" if stats.reused else ""))
 
 
-def _stylize(job: VideoJob, stylizer: Any, plan: ChunkPlan | None, workers: int | None, threads: int | None, address: str | None,
-             quiet: bool, say: Any) -> VideoStats:
+def _stylize(
+    job: VideoJob, stylizer: Any, plan: ChunkPlan | None, workers: int | None, threads: int | None, address: str | None, quiet: bool,
+    say: Any,
+) -> VideoStats:
     """Run the frames (sequentially here, or in chunks on Ray); Ctrl-C keeps the frames written."""
     missing = len(job.missing())
     try:
@@ -215,11 +228,15 @@ def _stylize(job: VideoJob, stylizer: Any, plan: ChunkPlan | None, workers: int 
         raise typer.Exit(_interrupt_code(e)) from None
 
 
-def _on_ray(job: VideoJob, stylizer: Any, plan: ChunkPlan, workers: int | None, threads: int | None, address: str | None, say: Any) -> VideoStats:
+def _on_ray(
+    job: VideoJob, stylizer: Any, plan: ChunkPlan, workers: int | None, threads: int | None, address: str | None, say: Any
+) -> VideoStats:
     from ..batch.pools import RayWorkers
     from ..batch.worker import ModelsSource, WorkerSpec
 
-    spec = WorkerSpec(ModelsSource(str(stylizer.engine.folder), stylizer.engine.fix_hint), stylizer.engine.config, job.style_rgbs, job.settings)
+    models = ModelsSource(str(stylizer.engine.folder), stylizer.engine.fix_hint)
+    spec = WorkerSpec(models, stylizer.engine.config, job.style_rgbs, job.settings)
     with RayWorkers(spec, threads or 1, workers, address) as pool:
-        say(f"on Ray: {pool.split.workers} actors × {pool.split.threads} threads, chunks of {plan.length} frames overlapping by {plan.overlap}")
+        split = f"{pool.split.workers} actors × {pool.split.threads} threads"
+        say(f"on Ray: {split}, chunks of {plan.length} frames overlapping by {plan.overlap}")
         return job.run_chunks(pool, plan, say)

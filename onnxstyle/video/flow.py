@@ -59,7 +59,8 @@ def dis_flow(source: np.ndarray, target: np.ndarray, config: FlowConfig = FlowCo
     dis.setFinestScale(config.finest_scale)
     a = source if source.ndim == 2 and source.dtype == np.uint8 else to_gray8(source)
     b = target if target.ndim == 2 and target.dtype == np.uint8 else to_gray8(target)
-    return dis.calc(a, b, None).astype(np.float32)
+    flow = np.zeros((*a.shape, 2), np.float32)
+    return np.asarray(dis.calc(a, b, flow), np.float32)
 
 
 def _maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -118,7 +118,8 @@ def probe(path: Path, folder_fps: Fraction = Fraction(25), max_pixels: int = DEF
             v = c.streams.video[0]
             fps = v.average_rate or v.guessed_rate or v.base_rate
             frames = v.frames or (round(float(c.duration / 1e6 * fps)) if c.duration and fps else 0)
-            info = VideoInfo(path, Fraction(fps or 25), int(frames), v.codec_context.width, v.codec_context.height, bool(c.streams.audio), False)
+            cc = v.codec_context
+            info = VideoInfo(path, Fraction(fps or 25), int(frames), cc.width, cc.height, bool(c.streams.audio), False)
     except av.error.FFmpegError as e:
         raise ImageError(f"{path}: not a video onnxstyle can read ({e})") from None
     if info.width * info.height > max_pixels:

@@ -171,8 +171,12 @@ class VideoJob:
         done = set(vio.done_frames(self.work))
         stats = VideoStats(reused=len([i for i in done if i < self.frames]))
 
+        seen = 0
+
         def frames() -> Iterator[tuple[int, np.ndarray, Callable[[], np.ndarray] | None]]:
+            nonlocal seen
             for i, rgb in enumerate(self.source()):
+                seen = i + 1
                 yield i, rgb, functools.partial(vio.read_frame, self.work, i) if i in done else None
 
         t0 = time.perf_counter()
@@ -181,6 +185,8 @@ class VideoJob:
             elapsed = time.perf_counter() - t0
             t0 += elapsed
             stats.add(elapsed, result.evaluations, later=self.video.temporal and i > 0)
+        # A container can claim more frames than its stream holds: the clip ends where decoding does.
+        self.frames = min(self.frames, seen)
         return stats
 
     def run_chunks(self, pool: Any, plan: ChunkPlan, report: Callable[[str], None]) -> VideoStats:
@@ -229,6 +235,8 @@ class VideoJob:
                     buffer[f] = np.round(rgb * 255).astype(np.uint8)
                     if f == c.stop - 1:
                         break
+            if c.stop - 1 not in buffer:
+                raise ImageError(f"{self.input}: ends after {max(buffer, default=-1) + 1} frames, not {self.frames}; give --max-frames")
             batch = np.stack([buffer[f] for f in c])
             keep_from = chunks[todo[n + 1]].start if n + 1 < len(todo) else c.stop
             for f in [f for f in buffer if f < keep_from]:
