@@ -9,7 +9,7 @@ Throughput is measured in the steady state: from the moment the first round of i
 worker: start-up, session compilation) has finished to the last item, so start-up costs are
 reported apart and do not blur the scaling.
 
-    python benchmarks/batch.py                        # the full run (see benchmarks/README.md)
+    python benchmarks/batch.py                        # the full run: about 15 minutes on 2 idle cores
     python benchmarks/batch.py --quick --out /tmp/b   # smoke run; its figures mean nothing
 
 Writes <out>/batch.json and <out>/batch.md.
@@ -105,9 +105,9 @@ def markdown(report: dict[str, Any]) -> str:
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default="ray:1x1,ray:2x1,local:2x1,local:1x2", help="kind:WORKERSxTHREADS, comma-separated")
-    p.add_argument("--items", type=int, default=16)
+    p.add_argument("--items", type=int, default=8)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--iterations", type=int, default=100)
+    p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--style", type=Path, default=ROOT / "onnxstyle" / "data" / "starry_night.jpg")
     p.add_argument("--models", type=Path, default=None)
     p.add_argument("--device", default="auto")

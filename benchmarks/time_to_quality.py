@@ -1,145 +1,535 @@
-"""Time to quality: wall time until the loss at 512 px beats the torch reference's.
+"""Time to quality: wall time until onnxstyle's image is as good as torch's, per backend.
 
-The reference is what a torch user runs: eager VGG19 + autograd of the identical loss,
-torch.optim.LBFGS (history 100, lr 1, no line search, as in the PyTorch tutorial), content
-init, 300 evaluations at --size. Its final loss is the bar. onnxstyle then runs each
-strategy and we record the wall time (same process, same threads) until the loss,
-evaluated at --size, first falls below the bar; coarse-to-fine stages count in full.
+The bar is what a torch user gets: eager VGG19 + autograd of the identical loss,
+torch.optim.LBFGS as the PyTorch tutorial runs it (history 100, lr 1, max_iter 20, no line
+search, the image clamped to [0,1] before each evaluation), content init, --ref-evals (300)
+evaluations at the size. Its best loss is the bar and the time it took to first reach it
+is torch's time. Then each onnxstyle side (backend × precision) runs each strategy and we
+record the wall time until its image first reaches the bar.
 
-    python benchmarks/time_to_quality.py            # 512 px, 300 reference evaluations
+Losses are comparable only in fp32: a bf16 run's own losses carry its rounding. So each
+run's images are re-evaluated with an fp32 onnxruntime engine on the same targets; that
+re-evaluation is not counted in the run's time. The callback keeps every image that is a
+new best once its own loss is near the bar (own loss × the last measured fp32/own ratio
+≤ bar × (1 + --margin)), and every --check-every evaluations evaluates the latest in fp32;
+when it is below the bar, a bisection over the kept images finds the first one below it,
+and that image's callback timestamp is the run's time.
 
-Writes benchmarks/results/time_to_quality.{json,md}.
+    python benchmarks/time_to_quality.py --sizes 512        # ~40 min on 2 cores
+    python benchmarks/time_to_quality.py                    # 512 and 1024 px, hours: see README
+    python benchmarks/time_to_quality.py --quick            # smoke run, a few minutes
+
+Every side and run is its own subprocess (torch blocked from importing in the onnxstyle
+ones), one after the other, with the same threads. Writes
+<out>/time_to_quality.{json,md} (rewritten after every run, so a long run's progress is
+kept) and <out>/time_to_quality_reference.json (the torch references, for --reuse-reference).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
+import math
+import os
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from onnxstyle.autoexport import resolve_models  # noqa: E402
-from onnxstyle.runtime.api import Stylizer  # noqa: E402
-from onnxstyle.runtime.settings import EngineConfig, RunSettings  # noqa: E402
-from onnxstyle.spec import export_settings_for  # noqa: E402
-from onnxstyle.runtime.image_io import load_image, resize_longest, to_nchw  # noqa: E402
-from onnxstyle.runtime.optimize import Iterate  # noqa: E402
-from onnxstyle.runtime.providers import cpu_model  # noqa: E402
+MARK = "@@ttq "
+TARGET = 3.0  # torch's time / onnxstyle's time to the bar, at least
+STRATEGIES = ("default", "half", "ladder")
+# torch.optim.LBFGS as in the PyTorch tutorial (LBFGS([input_img]): every other setting default).
+TORCH_LBFGS = {"lr": 1.0, "history_size": 100, "max_iter": 20}
 
 
-class Reached(Exception):
+# ---------------------------------------------------------------- shared by the workers
+
+
+def images(px: int) -> tuple[Any, Any]:
+    """Tübingen at ``px`` (longest side) and The Starry Night at full size, RGB float32."""
+    from onnxstyle.runtime.image_io import load_image, resize_longest
+
+    data = ROOT / "onnxstyle" / "data"
+    return resize_longest(load_image(data / "tubingen.jpg")[0], px), load_image(data / "starry_night.jpg")[0]
+
+
+def exact_stylizer(models: Path, threads: int) -> Any:
+    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.settings import EngineConfig
+
+    return Stylizer(models, EngineConfig(device="cpu", precision="fp32", threads=threads))
+
+
+def exact_targets(st: Any, content: Any, style: Any, px: int) -> dict[str, Any]:
+    """The final stage's targets exactly as Stylizer feeds them (fp32 features, all-ones guide,
+    temporal term off), from the onnxruntime fp32 engine."""
+    import numpy as np
+
+    from onnxstyle.runtime.engine import no_temporal
+    from onnxstyle.runtime.settings import RunSettings
+
+    eng = st.engine
+    t = st.targets(content, [style], RunSettings(size=px), regions=1 if eng.guided else 0)
+    h, w = content.shape[:2]
+    if eng.guided:
+        t["guide"] = np.ones((1, 1, h, w), np.float32)
+    if eng.temporal:
+        t.update(no_temporal(h, w))
+    return t
+
+
+def strategy_settings(name: str, px: int, final_evals: int) -> Any:
+    """The stages of a strategy, as RunSettings with the last stage's budget set to
+    ``final_evals`` (a run is stopped at the bar; the budget only has to be large enough).
+
+    default: what ``RunSettings(size=px)`` plans (one stage up to 512 px, half size first
+    above); half: half size for 150 evaluations, then full size; ladder: a √2 ladder,
+    half → half·√2 → full, 100 evaluations on each coarse rung.
+    """
+    from onnxstyle.runtime.settings import RunSettings
+
+    base = RunSettings(size=px)
+    if name == "default":
+        stages = base.stages()
+    elif name == "half":
+        stages = [(px // 2, 150), (px, 0)]
+    elif name == "ladder":
+        stages = [(px // 2, 100), (round(px / math.sqrt(2)), 100), (px, 0)]
+    else:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    return base.replace(scales=tuple(s for s, _ in stages), scale_iterations=(*(n for _, n in stages[:-1]), final_evals))
+
+
+# ---------------------------------------------------------------- the torch reference (a worker)
+
+
+class _Done(Exception):
     pass
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--ref-evals", type=int, default=300)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    ap.add_argument("--full", action="store_true", help="also run single-scale L-BFGS-B (slow: ~300 evaluations at full size)")
-    args = ap.parse_args()
-
+def reference_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
     import torch
 
+    from onnxstyle.contract import read_manifest
     from onnxstyle.models.vgg import VGG19, reference_loss_and_grad
-    from onnxstyle.models.weights import load_caffe
-    from onnxstyle.runtime.providers import physical_cores
-    from onnxstyle.spec import LossSpec
+    from onnxstyle.models.weights import load_caffe, load_weights
 
-    threads = args.threads or physical_cores()
-    torch.set_num_threads(threads)
-    data = ROOT / "onnxstyle" / "data"
-    content_full, _ = load_image(data / "tubingen.jpg")
-    style, _ = load_image(data / "starry_night.jpg")
-    content = resize_longest(content_full, args.size)
-    settings = RunSettings(size=args.size)
-    st = Stylizer(resolve_models(export_settings_for("gatys")).folder, EngineConfig(device="cpu", threads=threads))
-    targets = st.targets(content, [style], settings, regions=1)
-    targets["guide"] = np.ones((1, 1, *content.shape[:2]), np.float32)
-    x0 = to_nchw(content)
+    torch.set_num_threads(cfg["threads"])
+    models, px, n = Path(cfg["models"]), cfg["px"], cfg["ref_evals"]
+    content, style = images(px)
+    targets = exact_targets(exact_stylizer(models, cfg["threads"]), content, style, px)
+    manifest = read_manifest(models)
+    source = manifest.data["weights"]["requested"]
+    spec = manifest.spec
+    model = VGG19(load_caffe() if source == "caffe" else load_weights(source), last=spec.deepest, pooling=spec.pooling).eval()
+    tt = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in targets.items()}
+    from onnxstyle.runtime.image_io import to_nchw
 
-    # The bar: torch eager + torch.optim.LBFGS, history 100.
-    spec = LossSpec()
-    model = VGG19(load_caffe(), last=spec.deepest, pooling=spec.pooling).eval()
-    tt = {k: torch.from_numpy(v) for k, v in targets.items()}
-    x = torch.from_numpy(x0.copy()).requires_grad_(True)
-    opt = torch.optim.LBFGS([x], lr=1, history_size=100, max_iter=20)
-    ref_losses: list[float] = []
+    x = torch.from_numpy(to_nchw(content).copy()).requires_grad_(True)
+    opt = torch.optim.LBFGS([x], **TORCH_LBFGS)
+    losses: list[float] = []
+    stamps: list[float] = []
     t0 = time.perf_counter()
 
-    def closure():  # type: ignore[no-untyped-def]
+    def closure() -> torch.Tensor:
+        if len(losses) >= n:
+            raise _Done
         with torch.no_grad():
             x.clamp_(0, 1)
         loss, g, _ = reference_loss_and_grad(model, spec, x.detach(), tt)
-        ref_losses.append(loss)
+        losses.append(loss)
+        stamps.append(time.perf_counter() - t0)
         x.grad = g
         return torch.tensor(loss)
 
-    while len(ref_losses) < args.ref_evals:
-        opt.step(closure)
-    ref_wall = time.perf_counter() - t0
-    bar = min(ref_losses[: args.ref_evals])
-    print(f"torch reference: {args.ref_evals} evaluations in {ref_wall:.1f}s, best loss {bar:.5g}", flush=True)
+    try:
+        while True:
+            opt.step(closure)
+    except _Done:
+        pass
+    best = int(np.argmin(losses))
+    return {"px": px, "height": content.shape[0], "width": content.shape[1], "ref_evals": n, "bar": losses[best],
+            "evaluation_at_bar": best + 1, "time_to_bar_s": stamps[best], "time_all_s": stamps[-1],
+            "losses": losses, "times_s": stamps, "torch": torch.__version__, "threads": cfg["threads"],
+            "settings": TORCH_LBFGS}
 
-    strategies = {
-        "coarse-to-fine half → full": settings.replace(
-            scales=(args.size // 2, args.size), scale_iterations=(150, 2 * args.ref_evals)
-        ),
-        "coarse-to-fine quarter → half → full": settings.replace(
-            scales=(args.size // 4, args.size // 2, args.size), scale_iterations=(150, 100, 2 * args.ref_evals)
-        ),
-    }
-    if args.full:
-        strategies["L-BFGS-B at full size"] = settings.replace(iterations=2 * args.ref_evals)
-    rows = {}
-    for name, s in strategies.items():
-        final_w = round(args.size * content.shape[1] / max(content.shape[:2]))
-        start = time.perf_counter()
-        hit: dict[str, float] = {}
 
-        def cb(it: Iterate, hit: dict[str, float] = hit, start: float = start, final_w: int = final_w) -> None:
-            if it.image.shape[3] == final_w and it.loss <= bar:
-                hit["wall"] = time.perf_counter() - start
-                hit["step"] = it.step
-                raise Reached
+# ---------------------------------------------------------------- an onnxstyle run (a worker)
 
+
+class Stop(KeyboardInterrupt):
+    """Raised from the callback to end a run (a KeyboardInterrupt: the runtime's way to stop)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class BarWatch:
+    """The run's callback: timestamps every evaluation (net of the fp32 checks), keeps the
+    candidate images near the bar, checks them in fp32, stops the run at the bar or at the cap."""
+
+    KEEP = 32  # candidate images kept between two checks (thinned to every other beyond)
+
+    def __init__(self, bar: float, exact_loss: Callable[[Any], float], every: int, margin: float, cap_s: float | None) -> None:
+        self.bar, self.exact_loss, self.every, self.margin, self.cap_s = bar, exact_loss, every, margin, cap_s
+        self.t0 = time.perf_counter()
+        self.paused = 0.0
+        self.ratio = 1.0  # fp32 loss / own loss, as last measured
+        self.pending: list[tuple[int, float, float, Any]] = []  # (step, net time, own loss, image)
+        self.last_check = 0
+        self.checks: list[dict[str, float]] = []
+        self.trace: list[tuple[int, float, float, int]] = []  # (step, net time, own loss, stage)
+        self.reached: dict[str, float] | None = None
+        self.switches: list[int] = []  # evaluations at which a stage went on in fp32
+        self.step = 0  # the last evaluation seen (run-wide)
+
+    def net(self) -> float:
+        return time.perf_counter() - self.t0 - self.paused
+
+    def step_now(self) -> int:
+        return self.step
+
+    def __call__(self, it: Any) -> None:
+        t = self.net()
+        self.trace.append((it.step, t, it.loss, it.stage))
+        self.step = it.step
+        if self.cap_s is not None and t > self.cap_s:
+            raise Stop("cap")
+        if it.stage != it.stages:  # only the output size is comparable with the bar
+            return
+        if it.loss <= it.best_loss and it.loss * self.ratio <= self.bar * (1 + self.margin):
+            self.pending.append((it.step, t, it.loss, it.image.copy()))
+            if len(self.pending) > self.KEEP:
+                self.pending = self.pending[::-2][::-1]  # every other one, the latest kept
+        if self.pending and it.step - self.last_check >= self.every:
+            self.last_check = it.step
+            if self.check():
+                raise Stop("reached")
+
+    def _exact(self, i: int, cache: dict[int, float]) -> float:
+        if i not in cache:
+            step, t, own, img = self.pending[i]
+            cache[i] = self.exact_loss(img)
+            self.checks.append({"step": step, "t": t, "own": own, "fp32": cache[i]})
+        return cache[i]
+
+    def check(self) -> bool:
+        """The latest candidate in fp32; below the bar: the first candidate below it. Not timed."""
+        t = time.perf_counter()
         try:
-            r = st.run(content, [style], s, cb)
-            # L-BFGS-B catches nothing but its own signals: a Reached inside it surfaces here.
-            rows[name] = {"reached": False, "wall_s": time.perf_counter() - start, "best": r.loss}
-        except Reached:
-            rows[name] = {"reached": True, "wall_s": hit["wall"], "evaluations": hit["step"]}
-        print(name, rows[name], flush=True)
+            cache: dict[int, float] = {}
+            last = len(self.pending) - 1
+            f = self._exact(last, cache)
+            self.ratio = f / self.pending[last][2]
+            print(f"  evaluation {self.pending[last][0]}: fp32 loss {f:.5g} (own {self.pending[last][2]:.5g}), bar {self.bar:.5g}",
+                  file=sys.stderr, flush=True)
+            if f > self.bar:
+                self.pending.clear()
+                return False
+            lo, hi = 0, last  # bisection, taking the fp32 loss of the kept bests as decreasing
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if self._exact(mid, cache) <= self.bar:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            step, tn, own, _ = self.pending[hi]
+            self.reached = {"step": step, "t": tn, "own": own, "fp32": cache[hi]}
+            return True
+        finally:
+            self.paused += time.perf_counter() - t
 
-    lines = [
-        f"# Time to quality at {args.size} px (Tübingen × The Starry Night, gatys loss, content init)",
-        "",
-        f"Machine: {cpu_model()}, {threads} threads, onnxruntime CPU provider, torch {torch.__version__}.",
-        f"Bar: the best loss torch.optim.LBFGS (history 100, lr 1, no line search) reaches in {args.ref_evals} "
-        f"evaluations of torch eager autograd: **{bar:.5g}**, after **{ref_wall:.0f} s**.",
-        "",
-        "| strategy | reached the bar | wall time | speed-up vs torch (target ≥ 3×) |",
-        "| --- | --- | --- | --- |",
-    ]
-    for name, row in rows.items():
-        if row["reached"]:
-            lines.append(f"| {name} | yes, evaluation {row['evaluations']} | {row['wall_s']:.0f} s | {ref_wall / row['wall_s']:.2f}× |")
-        else:
-            lines.append(f"| {name} | no (best {row['best']:.5g}) | {row['wall_s']:.0f} s | — |")
+
+@contextmanager
+def record_switches(step: Callable[[], int], into: list[int]) -> Iterator[None]:
+    """Note the run-wide evaluation at which each stage of a bf16 run goes on in fp32.
+
+    Result.precision_switch has the first one, but only when the run returns; these runs are
+    stopped from the callback, and a coarse-to-fine run may switch in several stages. So the
+    runtime's switch (PrecisionFallback.upgrade) is wrapped for the duration of the run.
+    """
+    from onnxstyle.runtime import api
+
+    original = api.PrecisionFallback.upgrade
+
+    def upgrade(self: Any) -> bool:
+        done = original(self)
+        if done:
+            into.append(step())
+        return done
+
+    api.PrecisionFallback.upgrade = upgrade  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        api.PrecisionFallback.upgrade = original  # type: ignore[method-assign]
+
+
+def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    from onnxstyle.errors import Interrupted
+    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.image_io import resize_longest, to_nchw
+    from onnxstyle.runtime.settings import EngineConfig, RunSettings
+
+    models, px, threads = Path(cfg["models"]), cfg["px"], cfg["threads"]
+    content, style = images(px)
+    checker = exact_stylizer(models, threads)
+    targets = exact_targets(checker, content, style, px)
+
+    def exact_loss(img: Any) -> float:
+        return float(checker.engine.loss_grad(img, targets).loss)
+
+    st = Stylizer(models, EngineConfig(device=cfg["device"], precision=cfg["precision"], threads=threads))
+    # Warm: sessions built (OpenVINO: compiled or loaded from its cache) before the clock starts,
+    # as torch's model is built before its clock starts.
+    st.run(resize_longest(content, 64), [style], RunSettings(size=64, iterations=3))
+    exact_loss(to_nchw(content))
+    settings = strategy_settings(cfg["strategy"], px, cfg["final_evals"])
+    plan = st.plan(content.shape[:2], settings)
+    watch = BarWatch(cfg["bar"], exact_loss, cfg["check_every"], cfg["margin"], cfg["cap_s"])
+    why = "budget"
+    try:
+        with record_switches(watch.step_now, watch.switches):
+            st.run(content, [style], settings, callback=watch)
+        if watch.pending and watch.reached is None and watch.check():
+            why = "reached"
+    except Interrupted as e:
+        if not isinstance(e.cause, Stop):
+            raise
+        why = e.cause.why
+    return {
+        "side": cfg["side"], "strategy": cfg["strategy"], "provider": st.engine.provider,
+        "stages": [[s.size, s.evaluations] for s in plan.stages],
+        "plan": [{"size": s.size, "hw": [s.height, s.width], "tiled": s.tiled, "optimizer": s.optimizer, "history": s.history}
+                 for s in plan.stages],
+        "reached": watch.reached is not None, "why": why,
+        "wall_s": watch.reached["t"] if watch.reached else watch.net(),
+        "evaluations": watch.reached["step"] if watch.reached else (watch.trace[-1][0] if watch.trace else 0),
+        "fp32_loss_at_reach": watch.reached["fp32"] if watch.reached else None,
+        "best_fp32_checked": min((c["fp32"] for c in watch.checks), default=None),
+        "precision_switches": watch.switches,
+        "checks": watch.checks, "check_s": watch.paused, "trace": watch.trace,
+    }
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def spawn(cfg: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Run one worker (this script with --worker) and return its result; its stderr is ours."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(cfg)],
+                          stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"{cfg['role']} worker failed ({proc.returncode}); its messages are above")
+    return json.loads(lines[-1][len(MARK) :])
+
+
+def worker_main(cfg: dict[str, Any]) -> None:
+    if cfg["role"] == "run":
+        sys.modules["torch"] = None  # the runtime must not need torch
+        res = run_worker(cfg)
+        if sys.modules.get("torch") is not None:
+            raise RuntimeError("the onnxstyle runtime imported torch")
+    else:
+        res = reference_worker(cfg)
+    sys.stdout.write(MARK + json.dumps(res) + "\n")
+
+
+def reference_key(px: int, args: argparse.Namespace, threads: int, models: Path) -> dict[str, Any]:
+    from importlib import metadata
+
+    from onnxstyle.contract import read_manifest
+    from onnxstyle.runtime.providers import cpu_model
+
+    return {"px": px, "ref_evals": args.ref_evals, "threads": threads, "cpu": cpu_model(), "torch": metadata.version("torch"),
+            "export": read_manifest(models).data.get("settings_key"), "settings": TORCH_LBFGS}
+
+
+def get_reference(px: int, args: argparse.Namespace, threads: int, models: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    key = reference_key(px, args, threads, models)
+    cache = args.out / "time_to_quality_reference.json"
+    stored = json.loads(cache.read_text()) if cache.is_file() else []
+    if args.reuse_reference:
+        for ref in stored:
+            if ref.get("key") == key:
+                say(f"{px} px: torch reference reused from {cache} ({ref['date']})")
+                return {**ref, "reused": True}
+    say(f"{px} px: torch reference, {args.ref_evals} evaluations ...")
+    ref = spawn({"role": "reference", "models": str(models), "px": px, "ref_evals": args.ref_evals, "threads": threads}, threads)
+    ref.update(key=key, date=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), reused=False)
+    stored = [r for r in stored if r.get("key") != key] + [ref]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "time_to_quality.json").write_text(
-        json.dumps({"size": args.size, "ref_evals": args.ref_evals, "bar": bar, "ref_wall_s": ref_wall, "rows": rows,
-                    "ref_losses": ref_losses}, indent=1)
-    )
-    (args.out / "time_to_quality.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    cache.write_text(json.dumps(stored) + "\n")
+    return ref
+
+
+def matrix(sides: list[Any], strategies: list[str], auto: str | None, all_strategies: bool, px: int) -> list[tuple[Any, str]]:
+    """Every side with the default strategy; the other strategies with the side --device auto
+    runs (or every side with --all-strategies). A strategy planning the same stages as one
+    already listed for the side is left out (at 1024 px, default = half)."""
+    out: list[tuple[Any, str]] = []
+    for s in sides:
+        seen: set[tuple[tuple[int, int], ...]] = set()
+        for name in strategies:
+            if name != "default" and not all_strategies and s.name != auto and "default" in strategies:
+                continue
+            stages = tuple(strategy_settings(name, px, 1).stages())
+            if stages not in seen:
+                seen.add(stages)
+                out.append((s, name))
+    return out
+
+
+def main() -> None:
+    from speed import SIDE, auto_side, pick_sides
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default=None, help="longest sides, comma-separated (default 512,1024)")
+    ap.add_argument("--sides", default=None, help=f"onnxstyle sides (default: all available of {', '.join(n for n in SIDE if n != 'torch')})")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES), help=f"of {', '.join(STRATEGIES)} (default: all)")
+    ap.add_argument("--all-strategies", action="store_true", help="every strategy on every side (default: the extra ones on the auto side only)")
+    ap.add_argument("--ref-evals", type=int, default=None, help="torch evaluations that set the bar (default 300)")
+    ap.add_argument("--budget-factor", type=float, default=2.0, help="last stage's evaluation budget, × --ref-evals")
+    ap.add_argument("--cap", type=float, default=1.0, help="stop a run at this × torch's time (not reached)")
+    ap.add_argument("--check-every", type=int, default=None, help="evaluations between fp32 checks near the bar (default 10)")
+    ap.add_argument("--margin", type=float, default=0.05, help="keep candidates from own loss ≤ bar × (1 + margin)")
+    ap.add_argument("--reuse-reference", action="store_true", help="reuse a stored torch reference with the same key")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--models", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results (--quick: a temporary folder)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 64 px, 20 reference evaluations")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker is not None:
+        return worker_main(json.loads(args.worker))
+
+    from onnxstyle.runtime.providers import cpu_model, physical_cores
+
+    sizes = [int(s) for s in (args.sizes or ("64" if args.quick else "512,1024")).split(",") if s.strip()]
+    args.ref_evals = args.ref_evals or (20 if args.quick else 300)
+    check_every = args.check_every or (2 if args.quick else 10)
+    args.out = args.out or (Path(tempfile.gettempdir()) / "onnxstyle-quick" if args.quick else ROOT / "benchmarks" / "results")
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    for s in strategies:
+        strategy_settings(s, 512, 1)  # an unknown name fails here, before any run
+    threads = args.threads or physical_cores()
+    sides = [s for s in pick_sides(args.sides) if s.kind == "onnxstyle"]
+    auto = auto_side()
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    if args.models is not None:
+        models = args.models
+    else:
+        from onnxstyle.autoexport import resolve_models
+        from onnxstyle.spec import export_settings_for
+
+        models = resolve_models(export_settings_for("gatys"), log=say).folder
+    res: dict[str, Any] = {
+        "command": " ".join(["python benchmarks/time_to_quality.py", *sys.argv[1:]]), "quick": args.quick,
+        "machine": {"cpu": cpu_model(), "threads": threads, "loadavg_start": os.getloadavg(),
+                    "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+        "auto_side": auto, "target": TARGET, "cap": args.cap, "check_every": check_every, "margin": args.margin,
+        "sizes": {},
+    }
+    t_all = time.perf_counter()
+    for px in sizes:
+        ref = get_reference(px, args, threads, models, say)
+        say(f"{px} px: bar {ref['bar']:.5g} reached by torch at evaluation {ref['evaluation_at_bar']} after {ref['time_to_bar_s']:.1f} s")
+        entry = res["sizes"][str(px)] = {"reference": ref, "rows": []}
+        for side, strategy in matrix(sides, strategies, auto, args.all_strategies, px):
+            cfg = {"role": "run", "models": str(models), "px": px, "threads": threads, "side": side.name,
+                   "device": side.device, "precision": side.precision, "strategy": strategy, "bar": ref["bar"],
+                   "final_evals": int(args.budget_factor * args.ref_evals), "check_every": check_every,
+                   "margin": args.margin, "cap_s": args.cap * ref["time_to_bar_s"]}
+            row = spawn(cfg, threads)
+            row["speedup"] = ref["time_to_bar_s"] / row["wall_s"] if row["reached"] else None
+            entry["rows"].append(row)
+            say(f"{px} px {side.name:8s} {strategy:7s}: " + (
+                f"reached at evaluation {row['evaluations']} after {row['wall_s']:.1f} s, {row['speedup']:.2f}x torch"
+                if row["reached"] else f"not reached ({row['why']}) after {row['wall_s']:.1f} s")
+                + (f"; fp32 from evaluation(s) {row['precision_switches']}" if row["precision_switches"] else ""))
+            write(res, args.out, time.perf_counter() - t_all)
+    write(res, args.out, time.perf_counter() - t_all)
+    print((args.out / "time_to_quality.md").read_text())
+    say(f"wrote {args.out / 'time_to_quality.json'} and .md ({time.perf_counter() - t_all:.0f} s)")
+
+
+# ---------------------------------------------------------------- report
+
+
+def write(res: dict[str, Any], out: Path, wall: float) -> None:
+    res["wall_s"] = wall
+    res["loadavg_end"] = os.getloadavg()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "time_to_quality.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "time_to_quality.md").write_text(markdown(res))
+
+
+def markdown(res: dict[str, Any]) -> str:
+    from speed import SIDE
+
+    m = res["machine"]
+    lines = ["# Time to quality: onnxstyle backends vs torch.optim.LBFGS (Tübingen × The Starry Night, gatys loss)", ""]
+    if res["quick"]:
+        lines += ["**Quick smoke run (`--quick`): tiny size and too few evaluations to mean anything.**", ""]
+    load = max(m["loadavg_start"][0], res["loadavg_end"][0])
+    if load > 0.5 * m["threads"]:
+        lines += [f"**The machine was busy (load average up to {load:.1f}, this run included): times are unreliable.**", ""]
+    lines += [
+        f"{m['cpu']}, {m['threads']} threads everywhere; {m['date']}. `--device auto` runs "
+        f"{SIDE[res['auto_side']].label if res['auto_side'] in SIDE else 'a GPU backend'} here.",
+        "",
+        "Bar: the best loss torch.optim.LBFGS (history 100, lr 1, max_iter 20, no line search, clamped to [0,1]; "
+        "the PyTorch tutorial's settings) reaches in the reference evaluations of torch eager autograd, content init; "
+        "torch's time is when it first reached it. onnxstyle's time: from the start of `Stylizer.run` (warm sessions) to "
+        "the callback of the first evaluation whose image, re-evaluated in fp32 with onnxruntime on the same targets, "
+        "is at or below the bar (the re-evaluations are not counted). Stages: (longest side, evaluations); the last "
+        "stage's budget is large, the run stops at the bar, or unreached at "
+        f"{res['cap']:g}× torch's time.",
+        "",
+    ]
+    for px, e in res["sizes"].items():
+        ref = e["reference"]
+        lines += [
+            f"## {ref['width']}x{ref['height']}",
+            "",
+            f"torch: bar **{ref['bar']:.5g}** at evaluation {ref['evaluation_at_bar']} of {ref['ref_evals']}, after "
+            f"**{ref['time_to_bar_s']:.0f} s** ({ref['time_all_s']:.0f} s for all {ref['ref_evals']})"
+            + (f"; reference reused from {ref['date']}" if ref.get("reused") else "") + ".",
+            "",
+            f"| side | strategy | stages | reached the bar | wall time | × torch (target ≥ {TARGET:g}×) | fp32 fallback at |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for r in e["rows"]:
+            stages = " → ".join(f"({s}, {n})" for s, n in r["stages"])
+            if r["reached"]:
+                got = f"yes, evaluation {r['evaluations']}"
+                ratio = f"{r['speedup']:.2f}×: {'met' if r['speedup'] >= TARGET else '**not met**'}"
+            else:
+                best = r["best_fp32_checked"]
+                got = f"no ({'stopped at the cap' if r['why'] == 'cap' else 'budget spent'}" + (f"; best checked {best:.5g}" if best else "") + ")"
+                ratio = "**not met**"
+            fb = ", ".join(map(str, r["precision_switches"])) or "—"
+            lines.append(f"| {SIDE[r['side']].label} | {r['strategy']} | {stages} | {got} | {r['wall_s']:.0f} s | {ratio} | {fb} |")
+        lines.append("")
+    lines += [f"Reproduce: `{res['command']}`", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

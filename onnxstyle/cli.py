@@ -126,7 +126,7 @@ MaxMemoryOpt = Annotated[
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="print the plan (stages, tiles, device, estimated peak memory) and exit")]
 
 
-def _fail(message: str, code: int) -> typer.Exit:
+def fail(message: str, code: int) -> typer.Exit:
     err.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
@@ -139,21 +139,21 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except OnnxStyleError as e:
-            raise _fail(str(e), e.exit_code) from None
+            raise fail(str(e), e.exit_code) from None
         except ValueError as e:  # settings the library refused: a usage error
-            raise _fail(str(e), EXIT_USAGE) from None
+            raise fail(str(e), EXIT_USAGE) from None
         except MemoryError:
-            raise _fail("out of memory; try a smaller --size", 1) from None
+            raise fail("out of memory; try a smaller --size", 1) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _say(quiet: bool) -> Callable[[str], None]:
+def printer(quiet: bool) -> Callable[[str], None]:
     return (lambda s: None) if quiet else (lambda s: err.print(escape(s)))
 
 
 @contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM raises like Ctrl-C does, so the run stops and hands back its best image."""
 
     def on_term(signum: int, frame: Any) -> None:
@@ -166,7 +166,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def _interrupt_code(e: Interrupted | KeyboardInterrupt) -> int:
+def interrupt_code(e: Interrupted | KeyboardInterrupt) -> int:
     cause = e.cause if isinstance(e, Interrupted) else e
     return EXIT_TERMINATED if isinstance(cause, Terminated) else EXIT_INTERRUPTED
 
@@ -177,22 +177,22 @@ def _layers(text: str | None) -> tuple[str, ...] | None:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def _ints(flag: str, text: str | None) -> tuple[int, ...] | None:
+def ints(flag: str, text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
     try:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise _fail(f"{flag} {text!r}: expected whole numbers like 256,512", EXIT_USAGE) from None
+        raise fail(f"{flag} {text!r}: expected whole numbers like 256,512", EXIT_USAGE) from None
 
 
-def _floats(flag: str, text: str | None) -> tuple[float, ...] | None:
+def floats(flag: str, text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
     try:
         return tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise _fail(f"{flag} {text!r}: expected numbers like 0.7,0.3", EXIT_USAGE) from None
+        raise fail(f"{flag} {text!r}: expected numbers like 0.7,0.3", EXIT_USAGE) from None
 
 
 # ---- export -----------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def export(
 
 
 # ---- shared plumbing of the commands that compute -------------------------------------------
-def _models_preset(models: Path | None) -> str | None:
+def models_preset(models: Path | None) -> str | None:
     """The preset a given models folder was exported with: its run settings then apply."""
     if models is None:
         return None
@@ -254,13 +254,13 @@ def _models_preset(models: Path | None) -> str | None:
         return None  # the models check that follows reports what is wrong
 
 
-def _engine_config(device: Device, device_id: int, threads: int | None, precision: Precision, fp16: bool) -> EngineConfig:
+def engine_config(device: Device, device_id: int, threads: int | None, precision: Precision, fp16: bool) -> EngineConfig:
     if fp16 and precision not in (Precision.auto, Precision.fp16):
-        raise _fail(f"--fp16 contradicts --precision {precision.value}", EXIT_USAGE)
+        raise fail(f"--fp16 contradicts --precision {precision.value}", EXIT_USAGE)
     return EngineConfig(device.value, device_id, threads, "fp16" if fp16 else precision.value)
 
 
-def _open_stylizer(
+def open_stylizer(
     preset: str, pooling: str | None, weights: str | None, models: Path | None, config: EngineConfig, say: Callable[[str], None]
 ) -> Any:
     """A warm stylizer for these export settings (exported once on first use where torch is
@@ -273,23 +273,23 @@ def _open_stylizer(
     ref = resolve_models(export_settings_for(preset, pooling, weights, log=say), models, log=say)
     stylizer = Stylizer(ref.folder, config, ref.fix)
     if ref.given:
-        check_matches(stylizer.engine.manifest, ref.fix, preset=preset if preset != _models_preset(models) else None, pooling=pooling, weights=weights)
+        check_matches(stylizer.engine.manifest, ref.fix, preset=preset if preset != models_preset(models) else None, pooling=pooling, weights=weights)
     return stylizer
 
 
 def _mask_paths(mask: Path | None, masks: str | None, n_styles: int) -> list[Path]:
     if mask and masks:
-        raise _fail("give --mask or --masks, not both", EXIT_USAGE)
+        raise fail("give --mask or --masks, not both", EXIT_USAGE)
     if mask:
         return [mask]
     if not masks:
         return []
     paths = [Path(p.strip()) for p in masks.split(",") if p.strip()]
     if len(paths) != n_styles:
-        raise _fail(f"--masks has {len(paths)} masks for {n_styles} style images", EXIT_USAGE)
+        raise fail(f"--masks has {len(paths)} masks for {n_styles} style images", EXIT_USAGE)
     for p in paths:
         if not p.is_file():
-            raise _fail(f"--masks: {p} does not exist", EXIT_USAGE)
+            raise fail(f"--masks: {p} does not exist", EXIT_USAGE)
     return paths
 
 
@@ -298,7 +298,7 @@ def _init_path(init: str | None) -> Path | None:
         return None
     p = Path(init)
     if not p.is_file():
-        raise _fail(f"--init {init}: not content, style, noise or an existing image file", EXIT_USAGE)
+        raise fail(f"--init {init}: not content, style, noise or an existing image file", EXIT_USAGE)
     return p
 
 
@@ -309,7 +309,7 @@ def _tile(text: str) -> str | int:
     try:
         return int(t)
     except ValueError:
-        raise _fail(f"--tile {text!r}: auto, off or a tile size in px", EXIT_USAGE) from None
+        raise fail(f"--tile {text!r}: auto, off or a tile size in px", EXIT_USAGE) from None
 
 
 def _max_memory(text: str | None) -> int | None:
@@ -340,7 +340,7 @@ def _demo_images() -> tuple[Path, Path]:
     return Path(str(base / "tubingen.jpg")), Path(str(base / "starry_night.jpg"))
 
 
-def _duration(sec: float) -> str:
+def duration(sec: float) -> str:
     return f"{sec:.1f}s" if sec < 60 else f"{int(sec // 60)}m{int(sec % 60):02d}s"
 
 
@@ -394,36 +394,36 @@ def stylize(
     demo = content is None
     if demo:
         if styles:
-            raise _fail("give a content image before the style images", EXIT_USAGE)
+            raise fail("give a content image before the style images", EXIT_USAGE)
         content, style = _demo_images()
         styles = [style]
     elif not styles:
-        raise _fail("give at least one style image after the content image", EXIT_USAGE)
+        raise fail("give at least one style image after the content image", EXIT_USAGE)
     assert content is not None and styles is not None
-    say = _say(quiet)
-    preset_name = preset.value if preset else _models_preset(models) or "gatys"
-    stage_sizes = _ints("--scales", scales)
+    say = printer(quiet)
+    preset_name = preset.value if preset else models_preset(models) or "gatys"
+    stage_sizes = ints("--scales", scales)
     if stage_sizes and size is not None and size != stage_sizes[-1]:
-        raise _fail(f"--size {size} differs from the last of --scales ({stage_sizes[-1]})", EXIT_USAGE)
+        raise fail(f"--size {size} differs from the last of --scales ({stage_sizes[-1]})", EXIT_USAGE)
     init_path = _init_path(init)
     settings = preset_run_settings(
         preset_name,
         size=(stage_sizes[-1] if stage_sizes else size) or (DEMO_SIZE if demo and preset is None else None),
         iterations=iterations, content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
-        style_blend=_floats("--style-blend", style_blend), style_scale=style_scale,
+        style_blend=floats("--style-blend", style_blend), style_scale=style_scale,
         init="image" if init_path else init, seed=seed, optimizer=optimizer.value if optimizer else None, adam_lr=lr,
         preserve_color=preserve_color.value if preserve_color else None, scales=stage_sizes,
-        scale_iterations=_ints("--scale-iterations", scale_iterations), tile=_tile(tile), max_memory=_max_memory(max_memory),
+        scale_iterations=ints("--scale-iterations", scale_iterations), tile=_tile(tile), max_memory=_max_memory(max_memory),
     )
     if settings.style_blend and len(settings.style_blend) != len(styles):
-        raise _fail(f"--style-blend has {len(settings.style_blend)} weights for {len(styles)} style images", EXIT_USAGE)
+        raise fail(f"--style-blend has {len(settings.style_blend)} weights for {len(styles)} style images", EXIT_USAGE)
     settings.stages()  # a usage error now rather than after the images are loaded
     job = StylizeJob(content, list(styles), output, settings, _mask_paths(mask, masks, len(styles)), init_path, max_pixels, save_every)
     job.check_paths()
     if demo:
         say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
-    config = _engine_config(device, device_id, threads, precision, fp16)
-    stylizer = _open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
+    config = engine_config(device, device_id, threads, precision, fp16)
+    stylizer = open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
     if dry_run:
         _print_plan(job.plan(stylizer), stylizer)
         job.check_memory(stylizer)
@@ -440,22 +440,22 @@ def _finish_stylize(job: Any, stylizer: Any, quiet: bool, say: Callable[[str], N
     from .progress import ProgressView, terms_text
 
     try:
-        with _sigterm_as_interrupt(), ProgressView(err, job.settings.total_evaluations(), "stylizing", quiet) as view:
+        with sigterm_as_interrupt(), ProgressView(err, job.settings.total_evaluations(), "stylizing", quiet) as view:
             result = job.run(stylizer, view, view.tile)
     except Interrupted as e:
         if e.partial is None:
             say("interrupted before the first evaluation: nothing written")
-            raise typer.Exit(_interrupt_code(e)) from None
+            raise typer.Exit(interrupt_code(e)) from None
         job.save(e.partial)
         say(f"interrupted: wrote the best image so far ({e.partial.evaluations} evaluations) to {job.output}")
-        raise typer.Exit(_interrupt_code(e)) from None
+        raise typer.Exit(interrupt_code(e)) from None
     job.save(result)
     say(
-        f"wrote {job.output} ({job.width}x{job.height}): {result.evaluations} evaluations in {_duration(result.elapsed)} "
+        f"wrote {job.output} ({job.width}x{job.height}): {result.evaluations} evaluations in {duration(result.elapsed)} "
         f"({result.evaluations / max(result.elapsed, 1e-9):.2f}/s), loss {result.loss:.4g} ({terms_text(result.terms)})"
     )
     if result.error:
-        raise _fail(f"{result.error}; kept the best image in {job.output}", EXIT_FAULTS)
+        raise fail(f"{result.error}; kept the best image in {job.output}", EXIT_FAULTS)
 
 
 # ---- sweep ------------------------------------------------------------------------------
@@ -479,18 +479,18 @@ VARYABLE: dict[str, tuple[str, type]] = {
 
 def _parse_vary(items: list[str]) -> list[tuple[str, list[Any]]]:
     if not items or len(items) > 2:
-        raise _fail("give one or two --vary NAME=v1,v2,... (columns, then rows)", EXIT_USAGE)
+        raise fail("give one or two --vary NAME=v1,v2,... (columns, then rows)", EXIT_USAGE)
     axes = []
     for item in items:
         name, _, values = item.partition("=")
         name = name.strip().replace("_", "-")
         if name not in VARYABLE or not values:
-            raise _fail(f"--vary {item!r}: expected NAME=v1,v2 with NAME one of {', '.join(VARYABLE)}", EXIT_USAGE)
+            raise fail(f"--vary {item!r}: expected NAME=v1,v2 with NAME one of {', '.join(VARYABLE)}", EXIT_USAGE)
         kind = VARYABLE[name][1]
         try:
             vals = [kind(v.strip()) for v in values.split(",") if v.strip()]
         except ValueError:
-            raise _fail(f"--vary {item!r}: {name} takes {kind.__name__} values", EXIT_USAGE) from None
+            raise fail(f"--vary {item!r}: {name} takes {kind.__name__} values", EXIT_USAGE) from None
         axes.append((name, vals))
     return axes
 
@@ -527,30 +527,30 @@ def sweep(
 
     axes = _parse_vary(vary)
     if models is not None and any(name in ("preset", "pooling") for name, _ in axes):
-        raise _fail("--vary preset/pooling needs the cache (one export each), not one --models folder", EXIT_USAGE)
-    say = _say(quiet)
+        raise fail("--vary preset/pooling needs the cache (one export each), not one --models folder", EXIT_USAGE)
+    say = printer(quiet)
     explicit = {
         "size": size or 256, "iterations": iterations, "content_weight": content_weight, "style_weight": style_weight,
         "tv_weight": tv_weight, "init": init, "seed": seed, "optimizer": optimizer.value if optimizer else None,
         "preserve_color": preserve_color.value if preserve_color else None,
     }
-    base_preset = preset.value if preset else _models_preset(models) or "gatys"
+    base_preset = preset.value if preset else models_preset(models) or "gatys"
     job = SweepJob(content, style, output, axes, explicit, base_preset, pooling and pooling.value, max_pixels, VARYABLE)
     job.check_paths()
-    config = _engine_config(device, device_id, threads, precision, False)
+    config = engine_config(device, device_id, threads, precision, False)
     job.load_images()
 
     def open_stylizer(preset_name: str, pool: str | None) -> Any:
-        return _open_stylizer(preset_name, pool, weights, models, config, say)
+        return open_stylizer(preset_name, pool, weights, models, config, say)
 
     from .progress import ProgressView
 
     code = 0
     try:
-        with _sigterm_as_interrupt(), ProgressView(err, job.total_evaluations(), "sweep", quiet) as view:
+        with sigterm_as_interrupt(), ProgressView(err, job.total_evaluations(), "sweep", quiet) as view:
             job.run(open_stylizer, view)
     except Interrupted as e:
-        code = _interrupt_code(e)
+        code = interrupt_code(e)
     if not job.panels:
         say("interrupted before the first panel: nothing written")
         raise typer.Exit(code or EXIT_INTERRUPTED)
@@ -560,7 +560,7 @@ def sweep(
         say("interrupted: the sheet holds the panels that were done")
         raise typer.Exit(code)
     if job.failed:
-        raise _fail(f"{len(job.failed)} panel(s) stopped after repeated numerical faults: {'; '.join(job.failed)}", EXIT_FAULTS)
+        raise fail(f"{len(job.failed)} panel(s) stopped after repeated numerical faults: {'; '.join(job.failed)}", EXIT_FAULTS)
 
 
 # ---- info -------------------------------------------------------------------------------

@@ -3,16 +3,19 @@ finish, the split of cores, and a real local Ray cluster."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from helpers import DATA, cli_env
+from video_helpers import run_cli_without
 
 from onnxstyle.batch.items import Tally, plan_items
 from onnxstyle.batch.pools import split_cores
@@ -82,7 +85,9 @@ def test_outputs_keep_both_names_when_two_inputs_share_a_stem(tmp_path: Path) ->
         (2, 10, 4, 4, None, (4, 4)),  # both given: as asked
     ],
 )
-def test_cores_are_split_so_workers_times_threads_fit(cores: int, items: int, workers: int | None, threads: int | None, cap: int | None, expect: tuple[int, int]) -> None:
+def test_cores_are_split_so_workers_times_threads_fit(
+    cores: int, items: int, workers: int | None, threads: int | None, cap: int | None, expect: tuple[int, int]
+) -> None:
     s = split_cores(cores, items, workers, threads, cap)
     assert (s.workers, s.threads) == expect
 
@@ -97,9 +102,8 @@ def test_exit_code_is_the_failures_kind_or_1_for_a_mix() -> None:
 
 
 def test_missing_ray_is_one_line_and_exit_10(caffe_export: Path, inputs: Path, tmp_path: Path) -> None:
-    block = "import sys; sys.modules['ray'] = None\nfrom onnxstyle.cli import main\n"
-    argv = ["onnxstyle", "batch", str(inputs), str(DATA / "starry_night.png"), "-o", str(tmp_path / "o"), "--models", str(caffe_export), "--ray"]
-    r = subprocess.run([sys.executable, "-c", block + f"sys.argv = {argv!r}\nmain()"], capture_output=True, text=True, env=cli_env(), timeout=120)
+    argv = ["batch", str(inputs), str(DATA / "starry_night.png"), "-o", str(tmp_path / "o"), "--models", str(caffe_export), "--ray"]
+    r = run_cli_without("ray", argv, cli_env())
     assert r.returncode == 10, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "pip install 'onnxstyle[ray]'" in r.stderr
 
@@ -132,6 +136,10 @@ def test_a_local_ray_cluster_runs_images_and_video_chunks_on_warm_actors(caffe_e
     def too_slow(signum: int, frame: object) -> None:
         raise TimeoutError("the Ray test ran past its bound")
 
+    # Where the actors copy the shipped models (named by the manifest's hash): removed after.
+    digest = hashlib.sha256((caffe_export / "manifest.json").read_bytes()).hexdigest()[:16]
+    copy = Path(tempfile.gettempdir()) / f"onnxstyle-models-{digest}"
+    existed = copy.exists()
     old = signal.signal(signal.SIGALRM, too_slow)
     signal.alarm(240)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -162,3 +170,5 @@ def test_a_local_ray_cluster_runs_images_and_video_chunks_on_warm_actors(caffe_e
         ray.shutdown()
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+        if not existed:
+            shutil.rmtree(copy, ignore_errors=True)

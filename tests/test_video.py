@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import DATA, cli_env
-from video_helpers import pan, read_clip, texture, write_clip
+from video_helpers import pan, read_clip, run_cli_without, texture, write_clip
 
 from onnxstyle.runtime.engine import Engine
 from onnxstyle.runtime.image_io import load_image, resize_to, save_image, to_nchw
@@ -115,7 +115,9 @@ def test_pyav_wheel_carries_the_codecs_used() -> None:
     "audio,suffix,out_suffix,out_audio",
     [("aac", ".mp4", ".mp4", "aac"), ("pcm_s16le", ".mkv", ".mp4", "aac"), (None, ".mp4", ".webm", None), ("aac", ".mp4", ".mkv", "aac")],
 )
-def test_video_round_trip_keeps_frames_fps_and_audio(tmp_path: Path, audio: str | None, suffix: str, out_suffix: str, out_audio: str | None) -> None:
+def test_video_round_trip_keeps_frames_fps_and_audio(
+    tmp_path: Path, audio: str | None, suffix: str, out_suffix: str, out_audio: str | None
+) -> None:
     fps = Fraction(30000, 1001)
     source = [resize_to(f, 48, 64) for f in pan(load_image(DATA / "tubingen.png")[0], 7, 60, 80, (2, 1))]
     clip = tmp_path / f"in{suffix}"
@@ -237,9 +239,8 @@ def test_temporal_consistency_lowers_the_warping_error_of_a_known_pan(caffe_expo
 def test_missing_pyav_is_one_line_and_exit_10(caffe_export: Path, tmp_path: Path) -> None:
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(b"not read: PyAV is missing")
-    block = "import sys; sys.modules['av'] = None\nfrom onnxstyle.cli import main\n"
-    argv = ["onnxstyle", "video", str(clip), str(DATA / "starry_night.png"), "-o", str(tmp_path / "o.mp4"), "--models", str(caffe_export)]
-    r = subprocess.run([sys.executable, "-c", block + f"sys.argv = {argv!r}\nmain()"], capture_output=True, text=True, env=cli_env(), timeout=120)
+    argv = ["video", str(clip), str(DATA / "starry_night.png"), "-o", str(tmp_path / "o.mp4"), "--models", str(caffe_export)]
+    r = run_cli_without("av", argv, cli_env())
     assert r.returncode == 10, r.stderr
     assert r.stderr.strip().count("\n") == 0 and "pip install 'onnxstyle[video]'" in r.stderr
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,9 +18,12 @@ def texture(height: int, width: int, seed: int = 0) -> np.ndarray:
     return (img - img.min()) / (img.max() - img.min())
 
 
-def pan(source: np.ndarray, frames: int, height: int, width: int, step: tuple[int, int], origin: tuple[int, int] = (0, 0)) -> list[np.ndarray]:
-    """A camera pan over ``source``: frame t is the window at origin + t·step (dx, dy), so
-    the backward flow (frame t → t-1) is exactly -step... negated: see ``pan_backward``."""
+def pan(
+    source: np.ndarray, frames: int, height: int, width: int, step: tuple[int, int], origin: tuple[int, int] = (0, 0)
+) -> list[np.ndarray]:
+    """A camera pan over ``source``: frame t is the window at origin + t·step, step = (dx, dy).
+    Frame t at p then shows frame t-1 at p + step: the backward flow is ``step`` everywhere,
+    and the band of width |dx| (height |dy|) along the leading edge has no source."""
     x0, y0 = origin
     dx, dy = step
     return [source[y0 + t * dy : y0 + t * dy + height, x0 + t * dx : x0 + t * dx + width].copy() for t in range(frames)]
@@ -71,3 +76,9 @@ def read_clip(path: Path) -> tuple[list[np.ndarray], Fraction, list[str], float]
             samples = sum(f.samples for f in c.decode(audio=0))
             seconds = samples / c.streams.audio[0].codec_context.sample_rate
     return frames, fps, codecs, seconds
+
+
+def run_cli_without(module: str, argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process where ``module`` (an optional extra) cannot be imported."""
+    code = f"import sys\nsys.modules[{module!r}] = None\nsys.argv = {['onnxstyle', *argv]!r}\nfrom onnxstyle.cli import main\nmain()\n"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

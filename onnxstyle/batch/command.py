@@ -39,15 +39,15 @@ from ..cli import (
     ThreadsOpt,
     TvWeightOpt,
     WeightsOpt,
-    _engine_config,
-    _fail,
-    _floats,
-    _interrupt_code,
-    _ints,
-    _models_preset,
-    _open_stylizer,
-    _say,
-    _sigterm_as_interrupt,
+    engine_config,
+    fail,
+    floats,
+    interrupt_code,
+    ints,
+    models_preset,
+    open_stylizer,
+    printer,
+    sigterm_as_interrupt,
     app,
     err,
     handle_errors,
@@ -72,7 +72,7 @@ WorkersOpt = Annotated[
 RayOpt = Annotated[bool, typer.Option("--ray", help="run on Ray (pip install 'onnxstyle[ray]'): a local Ray, or --ray-address")]
 RayAddressOpt = Annotated[
     Optional[str],
-    typer.Option(help="a Ray cluster to run on (ray://host:10001 or host:6379); implies --ray", show_default="RAY_ADDRESS, else a local Ray"),
+    typer.Option(help="a Ray cluster (ray://host:10001 or host:6379); implies --ray", show_default="RAY_ADDRESS, else a local Ray"),
 ]
 
 
@@ -84,15 +84,15 @@ def run_settings(
     from ..runtime.settings import preset_run_settings
 
     if init not in (None, "content", "style", "noise"):
-        raise _fail(f"--init {init}: content, style or noise for a batch", EXIT_USAGE)
-    stage_sizes = _ints("--scales", scales)
+        raise fail(f"--init {init}: content, style or noise for a batch", EXIT_USAGE)
+    stage_sizes = ints("--scales", scales)
     if stage_sizes and size is not None and size != stage_sizes[-1]:
-        raise _fail(f"--size {size} differs from the last of --scales ({stage_sizes[-1]})", EXIT_USAGE)
+        raise fail(f"--size {size} differs from the last of --scales ({stage_sizes[-1]})", EXIT_USAGE)
     settings = preset_run_settings(
         preset, size=stage_sizes[-1] if stage_sizes else size, iterations=iterations, init=init,
         optimizer=optimizer.value if optimizer else None, preserve_color=preserve_color.value if preserve_color else None,
-        scales=stage_sizes, scale_iterations=_ints("--scale-iterations", scale_iterations),
-        style_blend=_floats("--style-blend", style_blend), **explicit,
+        scales=stage_sizes, scale_iterations=ints("--scale-iterations", scale_iterations),
+        style_blend=floats("--style-blend", style_blend), **explicit,
     )
     settings.stages()  # a usage error now rather than in every worker
     return settings
@@ -140,17 +140,17 @@ def batch(
     quiet: QuietOpt = False,
 ) -> None:
     """Stylize every image of INPUT_DIR into OUTPUT; outputs that exist are skipped (resume)."""
-    say = _say(quiet)
-    preset_name = preset.value if preset else _models_preset(models) or "gatys"
+    say = printer(quiet)
+    preset_name = preset.value if preset else models_preset(models) or "gatys"
     settings = run_settings(
         preset_name, size, iterations, init, optimizer, preserve_color, scales, scale_iterations, style_blend,
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, style_scale=style_scale, seed=seed, adam_lr=lr,
     )
     if output.resolve() == input_dir.resolve():
-        raise _fail(f"{output}: is the input folder; choose another output folder", EXIT_USAGE)
+        raise fail(f"{output}: is the input folder; choose another output folder", EXIT_USAGE)
     items = plan_items(input_dir, output, f".{out_format.value}")
     if not items:
-        raise _fail(f"{input_dir}: no images (png, jpg, webp, bmp, tif)", EXIT_USAGE)
+        raise fail(f"{input_dir}: no images (png, jpg, webp, bmp, tif)", EXIT_USAGE)
     todo = [it for it in items if not it.output.exists()]
     tally = Tally(len(items), skipped=len(items) - len(todo))
     if tally.skipped:
@@ -162,8 +162,8 @@ def batch(
         output.mkdir(exist_ok=True)
     except OSError as e:
         raise OutputError(f"{output}: cannot be created ({e.strerror})") from None
-    config = _engine_config(device, device_id, threads, precision, False)
-    stylizer = _open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
+    config = engine_config(device, device_id, threads, precision, False)
+    stylizer = open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
     spec = WorkerSpec(
         ModelsSource(str(stylizer.engine.folder), stylizer.engine.fix_hint), config, load_styles(styles, settings, max_pixels),
         settings, f".{out_format.value}", max_pixels, {"styles": [p.name for p in styles], "models": str(stylizer.engine.folder)},
@@ -196,17 +196,17 @@ def _run(pool: Any, todo: list[Item], tally: Tally, say: Any) -> None:
     tasks = ((it.name, (it.name, str(it.path), None) if local else (it.name, None, it.path.read_bytes())) for it in todo)
     t0 = time.perf_counter()
     try:
-        with _sigterm_as_interrupt(), pool:
+        with sigterm_as_interrupt(), pool:
             for name, outcome in pool.map_unordered("image", tasks):
                 _record(by_name[name], outcome, tally, say)
     except (Interrupted, KeyboardInterrupt) as e:
         say(f"interrupted: {tally.done} done this run; run the same command again to resume (outputs that exist are skipped)")
-        raise typer.Exit(_interrupt_code(e)) from None
+        raise typer.Exit(interrupt_code(e)) from None
     summary = tally.summary(time.perf_counter() - t0)
     if tally.failed:
         for name, message, _ in tally.failed:
             err.print(f"  failed: {escape(name)}: {escape(message)}", soft_wrap=True)
-        raise _fail(summary, tally.exit_code())
+        raise fail(summary, tally.exit_code())
     say(summary)
 
 

@@ -9,6 +9,7 @@ OMP_NUM_THREADS does not reach onnxruntime or OpenVINO, so the engine is told ex
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..contract import GRAPHS, MANIFEST
 from ..errors import MissingDependencyError
 from ..runtime.providers import physical_cores
 from .worker import ModelsSource, Worker, WorkerSpec
@@ -38,7 +40,8 @@ def split_cores(cores: int, items: int, workers: int | None = None, threads: int
 
     By default one single-threaded worker per core: a Gatys run alternates the graphs with
     scipy's serial L-BFGS step, so separate processes keep the cores busier than threads in
-    one (benchmarks/results/batch.md). Never more workers than items, nor than fit in memory.
+    one (benchmarks/batch.py compares local:2x1 with local:1x2). Never more workers than
+    items, nor than fit in memory.
     """
     cap = max(1, min(items or 1, memory_cap or cores))
     if workers is not None and threads is not None:
@@ -208,6 +211,8 @@ def _with_blobs(ray: Any, spec: WorkerSpec) -> WorkerSpec:
     import dataclasses
 
     folder = Path(spec.models.folder)
-    names = ["manifest.json", "features.onnx", "loss_grad.onnx"]
+    manifest = json.loads((folder / MANIFEST).read_text())
+    # The files the manifest lists are the folder's contract; caches beside them stay behind.
+    names = [MANIFEST, *(manifest.get("files") or GRAPHS)]
     blobs = {n: ray.put((folder / n).read_bytes()) for n in names}
     return dataclasses.replace(spec, models=ModelsSource(spec.models.folder, spec.models.fix, blobs))

@@ -138,25 +138,32 @@ def _settings_record(settings: RunSettings) -> dict[str, Any]:
 
 def _models_folder(source: ModelsSource) -> Path:
     """The export's folder on this machine: the given one, or a copy of the blobs made once
-    per machine (a folder named by the manifest's hash, shared by the actors there)."""
+    per machine (a folder named by the manifest's hash, which holds every file's hash, so
+    the same name is the same export), shared by the actors there."""
     if source.blobs is None:
         return Path(source.folder)
     import hashlib
     import os
+    import shutil
 
     import ray
 
     manifest = ray.get(source.blobs["manifest.json"])
     folder = Path(tempfile.gettempdir()) / f"onnxstyle-models-{hashlib.sha256(manifest).hexdigest()[:16]}"
-    if (folder / "manifest.json").is_file():
+    if all((folder / name).is_file() for name in source.blobs):
         return folder
     staging = Path(tempfile.mkdtemp(prefix=".onnxstyle-models-", dir=tempfile.gettempdir()))
     for name, ref in source.blobs.items():
         (staging / name).write_bytes(ray.get(ref))
+    if folder.exists():  # an incomplete copy (a process killed while writing it): set aside
+        trash = Path(tempfile.mkdtemp(prefix=".onnxstyle-trash-", dir=tempfile.gettempdir()))
+        try:
+            os.replace(folder, trash / "old")
+        except OSError:
+            pass
+        shutil.rmtree(trash, ignore_errors=True)
     try:
-        os.replace(staging, folder)  # atomic; another actor may have won the race
-    except OSError:
-        import shutil
-
+        os.replace(staging, folder)  # atomic: readers see no folder or a whole one
+    except OSError:  # another actor on this machine was first
         shutil.rmtree(staging, ignore_errors=True)
     return folder

@@ -166,7 +166,17 @@ def load_image(
     resized to ``max_side`` (longest side) while still 8/16-bit, and only then made float.
     """
     path = Path(path)
-    data = read_bytes(path)
+    return decode_image(read_bytes(path), path, max_side, max_pixels)
+
+
+def decode_image(
+    data: bytes, name: str | Path = "image", max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`load_image` on bytes already in memory (an upload, an object from a store);
+    ``name`` only labels the errors."""
+    path = Path(name)
+    if not data:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
     header = read_header(data, path, max_pixels)
     if not _complete(data, header.format):
         raise ImageError(f"{path}: image data is truncated")

@@ -27,8 +27,9 @@ class ChunkPlan:
     # Frames per chunk: long enough that the first frame's full iterations are a small part
     # of a chunk's cost, short enough to spread a clip of a few hundred frames over a cluster.
     length: int = 24
-    # Frames shared by neighbouring chunks and cross-faded: a few, so the second chunk's
-    # temporal chain has settled before it takes over (benchmarks/results/video.md).
+    # Frames shared by neighbouring chunks and cross-faded: with n of them each step of the
+    # hand-over carries about 1/(n+1) of the jump between the two chunks' own starts; the
+    # border's warping error is measured in benchmarks/results/video.md.
     overlap: int = 4
 
     def __post_init__(self) -> None:

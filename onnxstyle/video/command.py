@@ -37,14 +37,14 @@ from ..cli import (
     ThreadsOpt,
     TvWeightOpt,
     WeightsOpt,
-    _duration,
-    _engine_config,
-    _fail,
-    _interrupt_code,
-    _models_preset,
-    _open_stylizer,
-    _say,
-    _sigterm_as_interrupt,
+    duration,
+    engine_config,
+    fail,
+    interrupt_code,
+    models_preset,
+    open_stylizer,
+    printer,
+    sigterm_as_interrupt,
     app,
     err,
     handle_errors,
@@ -174,8 +174,8 @@ def video(
     """Stylize a video with temporal consistency; Ctrl-C keeps the frames done, a rerun resumes."""
     from ..batch.command import run_settings
 
-    say = _say(quiet)
-    preset_name = preset.value if preset else _models_preset(models) or "gatys"
+    say = printer(quiet)
+    preset_name = preset.value if preset else models_preset(models) or "gatys"
     settings = run_settings(
         preset_name, size, iterations, None, optimizer, preserve_color, None, None, style_blend,
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, temporal_weight=temporal_weight,
@@ -187,10 +187,10 @@ def video(
         max_frames=max_frames, folder_fps=Fraction(fps or 25).limit_denominator(1001), max_pixels=max_pixels, keep_frames=keep_frames,
     )
     if fps is not None and not input.is_dir():
-        raise _fail("--fps is for a folder of frames; a video file keeps its own frame rate", EXIT_USAGE)
+        raise fail("--fps is for a folder of frames; a video file keeps its own frame rate", EXIT_USAGE)
     job.check_paths()
-    config = _engine_config(device, device_id, threads, precision, False)
-    stylizer = _open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
+    config = engine_config(device, device_id, threads, precision, False)
+    stylizer = open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
     files = stylizer.engine.manifest.data.get("files", {})
     done = job.prepare(str(files.get("loss_grad.onnx", {}).get("sha256", stylizer.engine.folder)), restart)
     job.load_styles()
@@ -206,7 +206,7 @@ def video(
     if job.to_video:
         say(f"assembling {job.output} …")
         job.assemble()
-    made = f"{stats.made} frames in {_duration(stats.seconds)} ({stats.frames_per_minute:.2f} frames/min)"
+    made = f"{stats.made} frames in {duration(stats.seconds)} ({stats.frames_per_minute:.2f} frames/min)"
     say(f"wrote {job.output}: {made if stats.made else 'no new frames'}" + (f", {stats.reused} reused" if stats.reused else ""))
 
 
@@ -217,7 +217,7 @@ def _stylize(
     """Run the frames (sequentially here, or in chunks on Ray); Ctrl-C keeps the frames written."""
     missing = len(job.missing())
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             if plan is None:
                 with VideoProgress(err, job.frames, job.frames - missing, quiet) as view:
                     return job.run(stylizer, view)
@@ -225,7 +225,7 @@ def _stylize(
     except (Interrupted, KeyboardInterrupt) as e:
         left = len(job.missing())
         say(f"interrupted: {job.frames - left} of {job.frames} frames are in {job.work}; run the same command again to resume")
-        raise typer.Exit(_interrupt_code(e)) from None
+        raise typer.Exit(interrupt_code(e)) from None
 
 
 def _on_ray(

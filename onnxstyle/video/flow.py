@@ -27,8 +27,9 @@ class FlowConfig:
     # DIS preset: MEDIUM is the most accurate of OpenCV's three; flow costs milliseconds per
     # frame at the sizes stylization runs at, against seconds for the optimization.
     preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
-    # The pyramid level DIS stops at: 0 = full resolution. MEDIUM stops at 1 (half size),
-    # which at 128-512 px stylization sizes leaves errors of half a pixel or more at edges.
+    # The pyramid level DIS stops at: 0 = full resolution. MEDIUM's own 1 (half size) left a
+    # 95th-percentile error of 0.03-0.14 px on known pans at 256x192, full resolution 0.001 px,
+    # for 60 ms instead of 25 ms per frame pair (both directions) on 2 cores.
     finest_scale: int = 0
     # Ruder 2016, eq. (disocclusion): |w̃ + ŵ|² > a·(|w̃|² + |ŵ|²) + b.
     occlusion_a: float = 0.01

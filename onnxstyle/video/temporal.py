@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..runtime.image_io import from_nchw
-from ..runtime.optimize import Iterate, Result
 from ..runtime.settings import RunSettings
 from .flow import FlowConfig, motion, warp
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # scipy, under optimize, costs half a second of every CLI start
     from ..runtime.api import Stylizer
+    from ..runtime.optimize import Iterate, Result
 
 
 @dataclass(frozen=True)
