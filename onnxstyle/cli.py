@@ -420,6 +420,7 @@ def stylize(
     settings.stages()  # a usage error now rather than after the images are loaded
     job = StylizeJob(content, list(styles), output, settings, _mask_paths(mask, masks, len(styles)), init_path, max_pixels, save_every)
     job.check_paths()
+    job.probe_inputs()
     if demo:
         say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
     config = engine_config(device, device_id, threads, precision, fp16)

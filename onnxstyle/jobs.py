@@ -67,6 +67,12 @@ class StylizeJob:
         """Refuse an output that cannot be written before any minute is spent on it."""
         check_output_path(self.output, self.inputs)
 
+    def probe_inputs(self) -> None:
+        """Every input's header, before anything else is loaded: a bomb or a non-image is
+        refused in milliseconds, not after the engine has started."""
+        for p in self.inputs:
+            probe_image(p, self.max_pixels)
+
     def output_size(self) -> tuple[int, int]:
         """(height, width) of the result, from the content's header alone (nothing decoded)."""
         h, w = probe_image(self.content, self.max_pixels).oriented
@@ -184,6 +190,8 @@ class SweepJob:
 
     def check_paths(self) -> None:
         check_output_path(self.output, [self.content, self.style])
+        for p in (self.content, self.style):
+            probe_image(p, self.max_pixels)
 
     def total_evaluations(self) -> int:
         return sum(p.settings.total_evaluations() for p in self.plans)
