@@ -43,19 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # (key for file names, image stem): the gallery's pairs, all with Tübingen as the content.
 PAIRS = (("starry", "starry_night"), ("scream", "the_scream"), ("shipwreck", "shipwreck"))
 TITLES = {"starry_night": "The Starry Night", "the_scream": "The Scream", "shipwreck": "The Shipwreck"}
-SEARCH = (ROOT.parent / "shared" / "images", ROOT / "onnxstyle" / "data", ROOT / "tests" / "data")
 TOLERANCE = 0.02  # bf16 within 2% of fp32
 GALLERY_SIDE = 384  # px, longest side of each panel in the gallery rows: modest files
-
-
-def find_image(stem: str) -> Path | None:
-    """../shared/images first (the gallery's inputs), then the package's and the tests' copies."""
-    for folder in SEARCH:
-        for ext in (".jpg", ".png"):
-            p = folder / f"{stem}{ext}"
-            if p.is_file():
-                return p
-    return None
 
 
 def judge(checker: Any, content: np.ndarray, style: np.ndarray, out: np.ndarray, size: int) -> dict[str, Any]:
@@ -148,7 +137,7 @@ def main() -> None:
     from onnxstyle.runtime.image_io import load_image, resize_longest
     from onnxstyle.runtime.providers import cpu_model, physical_cores
     from onnxstyle.runtime.settings import EngineConfig, RunSettings
-    from time_to_quality import exact_stylizer
+    from time_to_quality import SEARCH, exact_stylizer, find_image
 
     size = args.size or (64 if args.quick else 512)
     evals = args.evals or (20 if args.quick else 300)
@@ -254,8 +243,9 @@ def markdown(res: dict[str, Any]) -> str:
         for name, r in e["runs"].items():
             j = r["judged"]
             fb = str(r["precision_switch"]) if r["precision_switch"] else ("—" if name == "ov-bf16" else "n/a")
+            wall = f"{r['wall_s']:.0f} s" if r["wall_s"] >= 10 else f"{r['wall_s']:.1f} s"
             lines.append(f"| {key} | {SIDE[name].label} | {j['loss']:.5g} | {j['gram_distance']:.4g} | {j['content_distance']:.4g} "
-                         f"| {r['wall_s']:.0f} s | {fb} |")
+                         f"| {wall} | {fb} |")
         c = e["bf16_vs_fp32"]
         t = e["runs"]["ov-fp32"]["wall_s"] / e["runs"]["ov-bf16"]["wall_s"]
         cells = [f"{_pct(c[k]['rel_diff'])} {'met' if c[k]['met'] else '**not met**'}" for k in ("loss", "gram_distance", "content_distance")]

@@ -288,10 +288,15 @@ class Stylizer:
         self, s: RunSettings, x0: np.ndarray, evaluations: int, objective: Objective, cb: Callable[[Iterate], None] | None
     ) -> Result:
         if s.optimizer == "lbfgs":
-            upgrade = objective.upgrade if isinstance(objective, PrecisionFallback) else None
-            r = lbfgs32(objective, x0, evaluations, history=s.lbfgs_history, callback=cb, on_stall=upgrade)
-            if isinstance(objective, PrecisionFallback):
-                r.precision_switch = objective.switched_at
+            fb = objective if isinstance(objective, PrecisionFallback) else None
+            try:
+                r = lbfgs32(objective, x0, evaluations, history=s.lbfgs_history, callback=cb, on_stall=fb.upgrade if fb else None)
+            except Interrupted as e:
+                if fb is not None and isinstance(e.partial, Result):
+                    e.partial.precision_switch = fb.switched_at
+                raise
+            if fb is not None:
+                r.precision_switch = fb.switched_at
             return r
         if s.optimizer == "lbfgs-b":
             return lbfgs(objective, x0, evaluations, history=s.lbfgs_history, callback=cb)
