@@ -20,7 +20,7 @@ import numpy as np
 
 from ..contract import FEATURES, LOSS_GRAD, TILE_GRAD, Manifest, read_manifest
 from ..errors import ModelsError
-from .backends import BackendChoice, GraphRunner, available_backends, make_runner, select_backend
+from .backends import BackendChoice, GraphRunner, available_backends, make_runner, release_heap, select_backend
 from .settings import EngineConfig
 
 
@@ -101,6 +101,7 @@ class Engine:
         """Drop a graph's sessions: the features graph is not needed once the targets exist."""
         for key in [k for k in self._runners if k[0] == graph]:
             self._runners.pop(key).close()
+        release_heap()
 
     def features(self, image: np.ndarray, guide: np.ndarray | None = None, exact: bool = True) -> dict[str, np.ndarray]:
         """Content maps and Grams. ``exact`` (the default, for targets): fp32 even on a bf16
@@ -113,7 +114,10 @@ class Engine:
         elif guide is not None:
             raise ModelsError(f"{self.folder} has no guided features graph; re-export with: {self.fix_hint}")
         regions = feeds["guide"].shape[0] if "guide" in feeds else 1
-        return self._runner(FEATURES, h, w, regions, exact).run(feeds, self.feature_names)
+        out = self._runner(FEATURES, h, w, regions, exact).run(feeds, self.feature_names)
+        # Copies: onnxruntime's outputs are views into its arena, and a target held for a whole
+        # stage would keep the features session's arena alive after the session is released.
+        return {k: np.array(v, copy=True) for k, v in out.items()}
 
     def loss_grad(
         self, image: np.ndarray, targets: dict[str, np.ndarray], weights: dict[str, float] | None = None

@@ -65,7 +65,9 @@ def _stage(
     optimizer, history = s.optimizer, s.lbfgs_history
     tiles = None if s.tile in ("auto", "off") else plan_tiles(h, w, spec, int(s.tile))
     if s.tile == "auto" and not fits(est(None, optimizer, history)):
+        # The largest tile that fits; if none does, the smallest, so the refusal is for the least.
         tiles = _auto_tiles(spec, h, w, lambda t: fits(est(t, optimizer, MIN_HISTORY if optimizer == "lbfgs" else history)))
+        tiles = tiles or plan_tiles(h, w, spec, 4 * halo_for(spec)[1])
     # The optimizer's state grows with the image, not the tile: shrink L-BFGS's history to fit
     # (3 pairs still beat Adam per evaluation at our sizes), then fall back to Adam.
     if optimizer == "lbfgs":
@@ -106,8 +108,10 @@ def check_plan(plan: RunPlan) -> None:
         return
     for st in plan.stages:
         if st.estimate.total > plan.budget:
-            how = "even in tiles" if st.tiled else "untiled (--tile off)"
+            how = f"even in tiles of {st.tiles.inner} px" if st.tiles else "untiled"
+            opt = st.estimate.parts.get("optimizer", 0)
             raise ResourceError(
-                f"{st.width}x{st.height} needs about {st.estimate.total / 2**30:.1f} GiB {how} but the budget is "
-                f"{plan.budget / 2**30:.1f} GiB; use a smaller --size, --tile auto, or a larger --max-memory"
+                f"{st.width}x{st.height} needs about {st.estimate.total / 2**30:.1f} GiB {how} (its optimizer state alone "
+                f"{opt / 2**30:.1f} GiB) but {plan.budget / 2**30:.1f} GiB is available to it (--max-memory); "
+                f"use a smaller --size" + ("" if st.tiles else ", or --tile auto")
             )
