@@ -541,7 +541,7 @@ def sweep(
     config = engine_config(device, device_id, threads, precision, False)
     job.load_images()
 
-    def open_stylizer(preset_name: str, pool: str | None) -> Any:
+    def open_for(preset_name: str, pool: str | None) -> Any:
         return open_stylizer(preset_name, pool, weights, models, config, say)
 
     from .progress import ProgressView
@@ -549,7 +549,7 @@ def sweep(
     code = 0
     try:
         with sigterm_as_interrupt(), ProgressView(err, job.total_evaluations(), "sweep", quiet) as view:
-            job.run(open_stylizer, view)
+            job.run(open_for, view)
     except Interrupted as e:
         code = interrupt_code(e)
     if not job.panels:

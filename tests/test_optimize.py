@@ -179,3 +179,78 @@ def test_keras_rounds_are_scale_aware() -> None:
     res = lbfgs_rounds(f, np.full_like(target, 0.9), rounds=3, maxfun=20)
     np.testing.assert_allclose(res.image, target, atol=1e-3)
     assert res.evaluations <= 60
+
+
+# ---- the float32 projected L-BFGS (the default `lbfgs`) ------------------------------------------
+from onnxstyle.errors import Interrupted  # noqa: E402
+from onnxstyle.runtime.optimize import lbfgs32  # noqa: E402
+
+
+def test_float32_lbfgs_reaches_the_bounded_minimum_like_scipy() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.uniform(-0.5, 1.5, (1, 3, 8, 9)).astype(np.float32)
+    scale = rng.uniform(0.1, 10, target.shape)
+    steps: list[Iterate] = []
+    res = lbfgs32(quadratic(target, scale), np.full(target.shape, 0.5, np.float32), 200, history=10, callback=steps.append)
+    np.testing.assert_allclose(res.image, np.clip(target, 0, 1), atol=1e-4)
+    assert res.evaluations == len(steps) <= 200 and res.image.dtype == np.float32
+    assert [s.step for s in steps] == list(range(1, len(steps) + 1))
+    # Never outside the bounds, at any evaluation (a constraint, not a clamp of the result).
+    assert all(s.image.min() >= 0 and s.image.max() <= 1 for s in steps)
+
+
+def test_float32_lbfgs_rolls_back_faults_and_stops_after_too_many() -> None:
+    rng = np.random.default_rng(1)
+    target = rng.uniform(0.1, 0.9, (1, 3, 6, 6)).astype(np.float32)
+    base = quadratic(target, rng.uniform(0.01, 10, target.shape))
+    calls = {"n": 0}
+
+    def faulty(x: np.ndarray):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        loss, g, t = base(x)
+        return (float("nan"), g, t) if calls["n"] in (4, 9) else (loss, g, t)
+
+    res = lbfgs32(faulty, np.full(target.shape, 0.5, np.float32), 60)
+    assert res.faults == 2 and res.error is None and np.isfinite(res.image).all()
+    assert res.loss < base(np.full(target.shape, 0.5, np.float32))[0]
+    always = lbfgs32(lambda x: (float("nan"), np.zeros_like(x), {}), np.full(target.shape, 0.5, np.float32), 60)
+    assert always.error is not None and "5 faults" in always.error
+
+
+def test_float32_lbfgs_hands_ctrl_c_back_with_the_best_image() -> None:
+    target = np.full((1, 3, 4, 4), 0.8, np.float32)
+    base = quadratic(target, np.ones_like(target))
+    calls = {"n": 0}
+
+    def interrupted(x: np.ndarray):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt
+        return base(x)
+
+    with pytest.raises(Interrupted) as e:
+        lbfgs32(interrupted, np.zeros_like(target), 50)
+    assert e.value.partial.evaluations == 6 and e.value.partial.interrupted
+
+
+def test_a_stall_upgrades_the_objective_once_and_the_run_goes_on() -> None:
+    """bf16 gradients near a minimum: the line search fails; on_stall swaps in an exact objective."""
+    rng = np.random.default_rng(2)
+    target = rng.uniform(0.1, 0.9, (1, 3, 6, 6)).astype(np.float32)
+    exact = quadratic(target, rng.uniform(0.5, 2, target.shape))
+    state = {"exact": False, "calls": 0}
+
+    def objective(x: np.ndarray):  # type: ignore[no-untyped-def]
+        loss, g, t = exact(x)
+        if not state["exact"]:
+            g = -g  # a gradient so wrong that every line search along it fails
+        return loss, g, t
+
+    def upgrade() -> bool:
+        state["calls"] += 1
+        state["exact"] = True
+        return True
+
+    res = lbfgs32(objective, np.full(target.shape, 0.5, np.float32), 120, on_stall=upgrade)
+    assert state["calls"] == 1 and state["exact"]
+    np.testing.assert_allclose(res.image, target, atol=1e-3)

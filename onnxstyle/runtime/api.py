@@ -191,7 +191,9 @@ class Stylizer:
     ) -> Objective:
         spec, plan = self.engine.manifest.spec, stage.tiles
         assert plan is not None
-        features = self.engine.features
+        def features(im: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
+            return self.engine.features(im, g, dynamic=True)
+
         targets = tiled_features(spec, plan, features, to_nchw(content), progress=on_tile)
         targets = {k: v for k, v in targets.items() if k.startswith("content_")}
         side = max(32, round(stage.size * s.style_scale))
@@ -211,7 +213,7 @@ class Stylizer:
 
         def make(engine: Engine) -> Objective:
             tobj = TiledObjective(
-                spec, plan, lambda im, g: engine.features(im, g, exact=False), TileGrad(engine), targets, weights, guide, temp_pair, on_tile
+                spec, plan, lambda im, g: engine.features(im, g, exact=False, dynamic=True), TileGrad(engine), targets, weights, guide, temp_pair, on_tile
             )
 
             def objective(x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:

@@ -48,8 +48,9 @@ class BackendChoice:
 
     @property
     def per_shape(self) -> bool:
-        """TensorRT builds an engine per input shape; the others serve every size from one session."""
-        return self.providers[:1] == (TRT,)
+        """TensorRT and OpenVINO (for its memory) build per input shape; onnxruntime's CPU and
+        CUDA providers serve every size from one session."""
+        return self.backend == OPENVINO or self.providers[:1] == (TRT,)
 
     def describe(self) -> str:
         if self.backend == OPENVINO:
@@ -160,12 +161,14 @@ class GraphRunner(Protocol):
 
 
 def make_runner(
-    choice: BackendChoice, folder: Path, graph: str, shapes: dict[str, tuple[int, ...]], fix_hint: str, weights: dict[str, float]
+    choice: BackendChoice, folder: Path, graph: str, shapes: dict[str, tuple[int, ...]] | None, fix_hint: str,
+    weights: dict[str, float],
 ) -> GraphRunner:
+    """``shapes`` None: a runner for every size (the tiles of a tiled pass)."""
     if choice.backend == OPENVINO:
         from .openvino_backend import OpenVinoRunner
 
-        return OpenVinoRunner(choice, folder, graph, fix_hint, weights)
+        return OpenVinoRunner(choice, folder, graph, fix_hint, weights, shapes)
     return OrtRunner(choice, folder, graph, shapes, fix_hint)
 
 

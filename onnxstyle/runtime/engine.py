@@ -82,18 +82,24 @@ class Engine:
     def threads(self) -> int:
         return self.choice.threads
 
-    def _runner(self, graph: str, height: int, width: int, regions: int, exact: bool = False) -> GraphRunner:
-        """A warm runner; ``exact``: fp32 whatever the engine's precision (the targets)."""
+    def _runner(self, graph: str, height: int, width: int, regions: int, exact: bool = False, dynamic: bool = False) -> GraphRunner:
+        """A warm runner; ``exact``: fp32 whatever the engine's precision (the targets);
+        ``dynamic``: one runner for every size (tiles come in several sizes)."""
         choice = self.choice
         if exact and choice.precision != "fp32":
             choice = dataclasses.replace(choice, precision="fp32")
-        # Shape-specialised backends (TensorRT) build per size; the others serve every size.
-        size = (height, width, regions) if choice.per_shape else (0, 0, 0)
+        per_shape = choice.per_shape and not (dynamic and choice.backend == "openvino")
+        size = (height, width, regions) if per_shape else (0, 0, 0)
         key = (graph, choice.precision, *size)
         runner = self._runners.get(key)
         if runner is None:
+            if per_shape and choice.backend == "openvino":
+                # One size at a time: the previous stage's buffers go before the next's come.
+                for old in [k for k in self._runners if k[:2] == key[:2] and k[2:] != (0, 0, 0)]:
+                    self._runners.pop(old).close()
             shapes = {i["name"]: resolve_shape(i["shape"], height, width, regions) for i in self.manifest.inputs(graph)}
-            runner = make_runner(choice, self.folder, graph, shapes, self.fix_hint, self.weight_defaults if graph == LOSS_GRAD else {})
+            weights = self.weight_defaults if graph == LOSS_GRAD else {}
+            runner = make_runner(choice, self.folder, graph, shapes if per_shape else None, self.fix_hint, weights)
             self._runners[key] = runner
         return runner
 
@@ -103,7 +109,7 @@ class Engine:
             self._runners.pop(key).close()
         release_heap()
 
-    def features(self, image: np.ndarray, guide: np.ndarray | None = None, exact: bool = True) -> dict[str, np.ndarray]:
+    def features(self, image: np.ndarray, guide: np.ndarray | None = None, exact: bool = True, dynamic: bool = False) -> dict[str, np.ndarray]:
         """Content maps and Grams. ``exact`` (the default, for targets): fp32 even on a bf16
         engine, as targets are computed once per stage; a tiled evaluation's first pass runs
         at the engine's precision (``exact=False``)."""
@@ -114,7 +120,7 @@ class Engine:
         elif guide is not None:
             raise ModelsError(f"{self.folder} has no guided features graph; re-export with: {self.fix_hint}")
         regions = feeds["guide"].shape[0] if "guide" in feeds else 1
-        out = self._runner(FEATURES, h, w, regions, exact).run(feeds, self.feature_names)
+        out = self._runner(FEATURES, h, w, regions, exact, dynamic).run(feeds, self.feature_names)
         # Copies: onnxruntime's outputs are views into its arena, and a target held for a whole
         # stage would keep the features session's arena alive after the session is released.
         return {k: np.array(v, copy=True) for k, v in out.items()}
@@ -159,5 +165,5 @@ class TileGrad:
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         _, _, h, w = feeds["image"].shape
-        runner = self.engine._runner(TILE_GRAD, h, w, feeds["guide"].shape[0])
+        runner = self.engine._runner(TILE_GRAD, h, w, feeds["guide"].shape[0], dynamic=True)
         return runner.run({k: _f32(v) for k, v in feeds.items()}, ["grad"])["grad"]

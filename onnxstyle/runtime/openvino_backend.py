@@ -76,9 +76,18 @@ def weights_as_parameters(model: Any, defaults: dict[str, float]) -> None:
 
 
 class OpenVinoRunner:
-    """One compiled model and one infer request over one graph; every image size works."""
+    """One compiled model and one infer request over one graph.
 
-    def __init__(self, choice: Any, folder: Path, graph: str, fix_hint: str, weights: dict[str, float]) -> None:
+    ``shapes`` given: compiled for exactly those input shapes. OpenVINO then plans its buffers
+    statically and reuses them: at 1024x768 a bf16 evaluation peaks at 1.4 GB against 2.5 GB
+    compiled for dynamic shapes, at the same speed, for one compilation per size (about a
+    second, cached on disk). ``shapes`` None: dynamic, for the varying tiles of a tiled pass.
+    """
+
+    def __init__(
+        self, choice: Any, folder: Path, graph: str, fix_hint: str, weights: dict[str, float],
+        shapes: dict[str, tuple[int, ...]] | None = None,
+    ) -> None:
         core = _core()
         src = folder / f"{graph}.onnx"
         self.defaults = {k: np.array(v, np.float32) for k, v in weights.items()}
@@ -86,6 +95,10 @@ class OpenVinoRunner:
             model = core.read_model(str(src))
             if self.defaults:
                 weights_as_parameters(model, self.defaults)
+            if shapes:
+                import openvino as ov
+
+                model.reshape({k: ov.PartialShape(list(v)) for k, v in shapes.items() if k not in self.defaults})
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelsError(f"{src} cannot be loaded by OpenVINO ({first}); re-export with: {fix_hint}") from e
