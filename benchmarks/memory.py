@@ -161,14 +161,11 @@ def _run(script: str, cfg: Any, threads: int, timeout: int = 3600) -> dict[str, 
 
 
 def measure_size(size: int, args: argparse.Namespace, models: Path, content: Path, style: Path, tmp: Path, threads: int) -> dict[str, Any]:
-    from onnxstyle.contract import read_manifest
     from onnxstyle.runtime.image_io import fit_size, probe_image
-    from onnxstyle.runtime.memory import estimate_run_bytes
     from onnxstyle.runtime.settings import RunSettings
 
     h, w = fit_size(*probe_image(content).oriented, size)
     row: dict[str, Any] = {"size": size, "hw": [h, w], "ours": {}}
-    spec = read_manifest(models).spec
     for device in args.devices:
         cli_args = ["stylize", str(content), str(style), "-o", str(tmp / f"o{size}.png"), "--models", str(models),
                     "--size", str(size), "--scales", str(size), "--iterations", str(args.evals), "--device", device, "-q"]
@@ -178,13 +175,22 @@ def measure_size(size: int, args: argparse.Namespace, models: Path, content: Pat
         cfg = {"models": str(models), "size": size, "evals": args.evals, "device": device, "content": str(content),
                "style": str(style), "optimizer": RunSettings().optimizer}
         phases = _run(PHASES, cfg, threads)
-        estimate = estimate_run_bytes(spec, h, w, RunSettings(size=size, scales=(size,), iterations=args.evals), device=device)
+        estimate = dry_run_estimate(models, device, h, w, size, args.evals)
         row["ours"][device] = {"peak": cli["peak"], "wall_s": cli["wall_s"], "phases": phases, "estimate": estimate}
         print(f"  {size} px {device}: peak {cli['peak'] / 2**20:.0f} MiB, estimate {estimate / 2**20:.0f} MiB ({phases['provider']})", flush=True)
     t = _run(TORCH, {"size": size, "evals": args.evals, "content": str(content), "style": str(style), "threads": threads}, threads)
     row["torch"] = {"peak": t["marks"][-1][1], "marks": t["marks"], "wall_s": t["wall_s"], "evaluations": t["evaluations"]}
     print(f"  {size} px torch: peak {row['torch']['peak'] / 2**20:.0f} MiB", flush=True)
     return row
+
+
+def dry_run_estimate(models: Path, device: str, h: int, w: int, size: int, evals: int) -> int:
+    """What `stylize --dry-run` says for this run: the plan's estimated peak."""
+    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.settings import EngineConfig, RunSettings
+
+    st = Stylizer(models, EngineConfig(device=device))
+    return st.plan((h, w), RunSettings(size=size, scales=(size,), iterations=evals, max_memory=2**50)).peak
 
 
 def breakdown(phases: dict[str, Any]) -> dict[str, float]:
@@ -240,6 +246,7 @@ def main() -> None:
     ap.add_argument("--devices", default="auto,cpu")
     ap.add_argument("--models", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--recheck", action="store_true", help="recompute the estimates of <out>/memory.json (after a recalibration), measure nothing")
     args = ap.parse_args()
     args.devices = [d for d in args.devices.split(",") if d]
     from speed import machine  # noqa: E402  (the shared machine description)
@@ -249,6 +256,15 @@ def main() -> None:
     from onnxstyle.spec import export_settings_for
 
     models = args.models or resolve_models(export_settings_for("gatys"), log=print).folder
+    if args.recheck:
+        res = json.loads((args.out / "memory.json").read_text())
+        for row in res["rows"]:
+            for device, o in row["ours"].items():
+                o["estimate"] = dry_run_estimate(models, device, *row["hw"], row["size"], res["evals"])
+        (args.out / "memory.json").write_text(json.dumps(res, indent=1) + "\n")
+        (args.out / "memory.md").write_text(markdown(res))
+        print(markdown(res))
+        return
     shared = ROOT.parent / "shared" / "images"
     content = shared / "tubingen.jpg" if (shared / "tubingen.jpg").is_file() else ROOT / "onnxstyle" / "data" / "tubingen.jpg"
     style = ROOT / "onnxstyle" / "data" / "starry_night.jpg"

@@ -580,6 +580,7 @@ def info() -> None:
         out.print(f"onnxruntime {onnxruntime.__version__}: {', '.join(avail.ort_providers)}")
     else:
         out.print("onnxruntime: not installed (pip install 'onnxstyle[cpu]')")
+    out.print(openvino_line(avail))
     try:
         choice = select_backend(avail, EngineConfig())
         out.print(f"selected (--device auto): {choice.describe()}, {choice.threads} threads")
@@ -600,6 +601,18 @@ def info() -> None:
             )
         except (OSError, ValueError, KeyError) as e:
             out.print(f"  {p.name}: unreadable manifest ({type(e).__name__})")
+
+
+def openvino_line(avail: Any) -> str:
+    """OpenVINO's version, its devices, and whether this CPU computes bf16 natively."""
+    if not avail.openvino:
+        return "openvino: not installed (pip install 'onnxstyle[cpu]')"
+    import openvino as ov
+
+    core = ov.Core()
+    devices = ", ".join(f"{d} ({core.get_property(d, 'FULL_DEVICE_NAME')})" for d in core.available_devices)
+    bf16 = "native bf16: yes (AVX512_BF16/AMX)" if avail.bf16_native else "native bf16: no (fp32)"
+    return f"openvino {ov.__version__.split('-')[0]}: {devices}; {bf16}"
 
 
 @app.callback(invoke_without_command=True)

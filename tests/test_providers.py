@@ -117,3 +117,80 @@ def test_cpu_optimized_model_is_cached_beside_the_export(caffe_export: Path, tmp
     os.utime(cached[1], (2e9, 2e9))
     e3 = Engine(models, cpu)
     assert e3.loss_grad(x, targets(e3, x)).loss == pytest.approx(first.loss, rel=1e-5)
+
+
+# ---- backend choice: one pure function over what the machine offers ----------------------------
+from onnxstyle.errors import MissingDependencyError  # noqa: E402
+from onnxstyle.runtime.backends import Availability, select_backend  # noqa: E402
+from onnxstyle.runtime.settings import EngineConfig  # noqa: E402
+
+ORT_CPU = (CPU,)
+EVERYTHING = (TRT, CUDA, CPU)
+
+
+@pytest.mark.parametrize(
+    "avail,device,precision,backend,first",
+    [
+        (Availability(EVERYTHING, True, True, 2), "auto", "auto", "onnxruntime", TRT),
+        (Availability((CUDA, CPU), True, True, 2), "auto", "auto", "onnxruntime", CUDA),
+        (Availability(ORT_CPU, True, True, 2), "auto", "auto", "openvino", None),
+        (Availability(ORT_CPU, False, False, 2), "auto", "auto", "onnxruntime", CPU),
+        (Availability((), True, False, 2), "auto", "auto", "openvino", None),  # OpenVINO alone
+        (Availability(ORT_CPU, True, True, 2), "cpu", "auto", "onnxruntime", CPU),  # cpu: onnxruntime's
+        (Availability(EVERYTHING, True, True, 2), "auto", "bf16", "openvino", None),  # bf16 asked: OpenVINO
+        (Availability(EVERYTHING, True, True, 2), "openvino", "auto", "openvino", None),
+    ],
+)
+def test_auto_takes_tensorrt_cuda_openvino_then_onnxruntime(avail: Availability, device: str, precision: str, backend: str, first: str | None) -> None:
+    c = select_backend(avail, EngineConfig(device=device, precision=precision))
+    assert c.backend == backend
+    if first is not None:
+        assert c.providers[0] == first
+
+
+def test_auto_precision_is_bf16_only_where_native() -> None:
+    native = select_backend(Availability(ORT_CPU, True, True, 4), EngineConfig())
+    emulated = select_backend(Availability(ORT_CPU, True, False, 4), EngineConfig())
+    assert (native.backend, native.precision) == ("openvino", "bf16")
+    assert (emulated.backend, emulated.precision) == ("openvino", "fp32")
+    assert native.threads == 4 and select_backend(Availability(ORT_CPU, True, True, 4), EngineConfig(threads=1)).threads == 1
+    assert select_backend(Availability(EVERYTHING, False, False, 2), EngineConfig()).precision == "fp32"  # TensorRT fp16 only when asked
+    assert select_backend(Availability(EVERYTHING, False, False, 2), EngineConfig(precision="fp16")).precision == "fp16"
+
+
+@pytest.mark.parametrize(
+    "avail,config,error,needle",
+    [
+        (Availability(ORT_CPU, True, False, 2), EngineConfig(precision="bf16"), ProviderError, "no native bf16"),
+        (Availability(ORT_CPU, True, True, 2), EngineConfig(device="cpu", precision="bf16"), ProviderError, "--device openvino"),
+        (Availability(ORT_CPU, True, True, 2), EngineConfig(device="openvino", precision="fp16"), ProviderError, "TensorRT"),
+        (Availability(ORT_CPU, True, True, 2), EngineConfig(device="cpu", precision="fp16"), ProviderError, "TensorRT"),
+        (Availability(ORT_CPU, False, False, 2), EngineConfig(device="openvino"), MissingDependencyError, "pip install"),
+        (Availability((), False, False, 2), EngineConfig(), MissingDependencyError, "onnxruntime is not installed"),
+        (Availability(ORT_CPU, True, True, 2), EngineConfig(device="cuda"), ProviderError, "onnxruntime-gpu"),
+    ],
+)
+def test_requests_that_cannot_be_met_are_errors(avail: Availability, config: EngineConfig, error: type, needle: str) -> None:
+    with pytest.raises(error, match=needle):
+        select_backend(avail, config)
+
+
+def test_openvino_compiled_models_are_cached_beside_the_export(caffe_export: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from onnxstyle.runtime.backends import openvino_info
+    from onnxstyle.runtime.engine import Engine
+
+    if not openvino_info()[0]:
+        pytest.fail("OpenVINO is part of the cpu extra the tests install")
+    models = tmp_path / "m"
+    shutil.copytree(caffe_export, models, ignore=shutil.ignore_patterns("optimized", "openvino-cache"))
+    x = np.full((1, 3, 40, 48), 0.5, np.float32)
+    first = Engine(models, EngineConfig(device="openvino", precision="fp32")).features(x)
+    blobs = sorted(p.name for p in (models / "openvino-cache").glob("*.blob"))
+    assert blobs  # compiled once, stored
+    again = Engine(models, EngineConfig(device="openvino", precision="fp32")).features(x)
+    assert sorted(p.name for p in (models / "openvino-cache").glob("*.blob")) == blobs  # loaded, not recompiled
+    np.testing.assert_allclose(again["gram_relu3_1"], first["gram_relu3_1"], rtol=1e-6)

@@ -26,26 +26,35 @@ MiB = 2**20
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """Bytes per part for one backend and precision, fitted to benchmarks/results/memory.json
-    with a margin, so that measured peak ≤ estimate ≤ 1.3 × measured from 256 to 1536 px."""
+    """Bytes per part for one backend and precision, fitted to the whole-process peaks that
+    benchmarks/memory.py measures (benchmarks/results/memory.json, 256 to 1536 px), so that
+    measured peak ≤ estimate ≤ 1.3 × measured."""
 
-    # Interpreter, numpy/scipy/opencv, the backend's own libraries and thread pools.
+    # Interpreter, numpy/scipy/opencv, the backend's libraries and what compiling a graph
+    # holds at its peak (OpenVINO's compilation is the larger part).
     libraries: int
-    # One graph's weights as the backend holds them (loss_grad: the forward weights and a
-    # flipped copy for the backward convolutions; features: the forward ones).
+    # One graph's weights as the backend holds them.
     weights: int
-    # One loss + gradient evaluation: this many times the float32 activations of one
-    # forward pass over the evaluated extent.
+    # One loss + gradient evaluation: this many times the float32 activations of one forward
+    # pass over the evaluated extent (bf16 and the boolean backward masks make it < 1).
     pass_factor: float
+    # The same for a graph compiled for every size (the tiles of a tiled pass): OpenVINO plans
+    # its buffers less tightly without a static shape.
+    tile_pass_factor: float
     # The features pass (inference: activations die as they are consumed).
     features_factor: float
+    # On top of the fit: the estimate errs on the safe side by this much.
+    margin: float = 1.1
 
 
 MODELS: dict[tuple[str, str], MemoryModel] = {
-    ("onnxruntime", "fp32"): MemoryModel(libraries=160 * MiB, weights=110 * MiB, pass_factor=2.0, features_factor=1.0),
-    ("onnxruntime", "fp16"): MemoryModel(libraries=400 * MiB, weights=110 * MiB, pass_factor=2.0, features_factor=1.0),
-    ("openvino", "fp32"): MemoryModel(libraries=200 * MiB, weights=110 * MiB, pass_factor=2.0, features_factor=1.0),
-    ("openvino", "bf16"): MemoryModel(libraries=200 * MiB, weights=110 * MiB, pass_factor=1.2, features_factor=1.0),
+    # Fitted on 256-1536 px: peak ≈ 445 MiB + 0.55 × activations + optimizer + images.
+    ("openvino", "bf16"): MemoryModel(libraries=245 * MiB, weights=100 * MiB, pass_factor=0.55, tile_pass_factor=1.0, features_factor=0.5),
+    # fp32 keeps twice the bytes per activation (measured 2.47 GB against 1.47 GB at 1024 px).
+    ("openvino", "fp32"): MemoryModel(libraries=245 * MiB, weights=150 * MiB, pass_factor=1.1, tile_pass_factor=2.0, features_factor=0.6),
+    ("onnxruntime", "fp32"): MemoryModel(libraries=120 * MiB, weights=110 * MiB, pass_factor=1.0, tile_pass_factor=1.0, features_factor=0.6),
+    # TensorRT's fp16 engines on a GPU: host memory holds the libraries and the buffers it copies.
+    ("onnxruntime", "fp16"): MemoryModel(libraries=600 * MiB, weights=110 * MiB, pass_factor=0.5, tile_pass_factor=0.5, features_factor=0.3),
 }
 
 
@@ -63,12 +72,13 @@ def activation_bytes(spec: LossSpec, height: int, width: int) -> int:
 
 
 def optimizer_bytes(optimizer: str, history: int, variables: int) -> int:
-    """What each optimizer keeps per variable (pixel channel)."""
+    """What each optimizer keeps per variable (pixel channel); ``history``: the pairs it will
+    hold (fewer than its memory when the run is shorter)."""
     if optimizer == "lbfgs-b":
         # scipy's L-BFGS-B: float64 x, g, bounds (2), and its work array of 2m+5 vectors.
         return (2 * history + 10) * 8 * variables
     if optimizer in ("lbfgs", "torch-lbfgs"):
-        # float32 history pairs, plus x, g, direction, the trial point and its gradient.
+        # float32 history pairs, plus x, g, direction, the trial point, its gradient and mask.
         return (2 * history + 6) * 4 * variables
     if optimizer == "keras-lbfgs":
         return (2 * history + 10) * 8 * variables
@@ -81,11 +91,13 @@ class Estimate:
 
     parts: dict[str, int] = field(default_factory=dict)
 
+    margin: float = 1.0
+
     @property
     def total(self) -> int:
         p = self.parts
         optimizing = p.get("evaluation", 0) + p.get("optimizer", 0) + p.get("images", 0)
-        return p.get("libraries", 0) + p.get("weights", 0) + max(p.get("targets", 0), optimizing)
+        return int(self.margin * (p.get("libraries", 0) + p.get("weights", 0) + max(p.get("targets", 0), optimizing)))
 
 
 def estimate_stage(
@@ -98,18 +110,19 @@ def estimate_stage(
     tiled = extent is not None
     n = 3 * height * width
     style_side = max(32, round(max(height, width) * settings.style_scale))
-    # content, its float copy per stage, x, the best image, the gradient (and its tile sum)
-    images = (7 + (1 if tiled else 0)) * 4 * n + 4 * 3 * style_side * style_side
+    # content, its copy per stage, the best image, the iterate shown (and the tiles' gradient sum)
+    images = (4 + (1 if tiled else 0)) * 4 * n + 4 * 3 * style_side * style_side
     targets = m.features_factor * activation_bytes(spec, min(eh, style_side), min(ew, style_side))
+    pairs = min(history or settings.lbfgs_history, max(1, settings.total_evaluations()))
     parts = {
         "libraries": m.libraries,
         "weights": m.weights * (3 if tiled else 2),
         "targets": int(targets),
-        "evaluation": int(m.pass_factor * activation_bytes(spec, eh, ew)),
-        "optimizer": optimizer_bytes(optimizer or settings.optimizer, history or settings.lbfgs_history, n),
+        "evaluation": int((m.tile_pass_factor if tiled else m.pass_factor) * activation_bytes(spec, eh, ew)),
+        "optimizer": optimizer_bytes(optimizer or settings.optimizer, pairs, n),
         "images": images,
     }
-    return Estimate(parts)
+    return Estimate(parts, m.margin)
 
 
 def estimate_run_bytes(
