@@ -391,15 +391,7 @@ def stylize(
     from .runtime.settings import preset_run_settings
     from .jobs import StylizeJob
 
-    demo = content is None
-    if demo:
-        if styles:
-            raise fail("give a content image before the style images", EXIT_USAGE)
-        content, style = _demo_images()
-        styles = [style]
-    elif not styles:
-        raise fail("give at least one style image after the content image", EXIT_USAGE)
-    assert content is not None and styles is not None
+    content, styles, demo = _inputs_or_demo(content, styles)
     say = printer(quiet)
     preset_name = preset.value if preset else models_preset(models) or "gatys"
     stage_sizes = ints("--scales", scales)
@@ -418,22 +410,33 @@ def stylize(
     if settings.style_blend and len(settings.style_blend) != len(styles):
         raise fail(f"--style-blend has {len(settings.style_blend)} weights for {len(styles)} style images", EXIT_USAGE)
     settings.stages()  # a usage error now rather than after the images are loaded
-    job = StylizeJob(content, list(styles), output, settings, _mask_paths(mask, masks, len(styles)), init_path, max_pixels, save_every)
+    job = StylizeJob(content, styles, output, settings, _mask_paths(mask, masks, len(styles)), init_path, max_pixels, save_every)
     job.check_paths()
     job.probe_inputs()
     if demo:
         say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
-    config = engine_config(device, device_id, threads, precision, fp16)
-    stylizer = open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
+    stylizer = open_stylizer(preset_name, pooling and pooling.value, weights, models, engine_config(device, device_id, threads, precision, fp16), say)
     if dry_run:
         _print_plan(job.plan(stylizer), stylizer)
-        job.check_memory(stylizer)
-        raise typer.Exit(0)
     # Refuse a size that cannot fit before anything of that size is allocated.
     job.check_memory(stylizer)
+    if dry_run:
+        raise typer.Exit(0)
     job.load_images()
     say(f"device: {stylizer.engine.provider} ({stylizer.engine.threads} threads), models: {stylizer.engine.folder}")
     _finish_stylize(job, stylizer, quiet, say)
+
+
+def _inputs_or_demo(content: Path | None, styles: list[Path] | None) -> tuple[Path, list[Path], bool]:
+    """The inputs given, or the bundled demo pair when there are none."""
+    if content is None:
+        if styles:
+            raise fail("give a content image before the style images", EXIT_USAGE)
+        demo_content, demo_style = _demo_images()
+        return demo_content, [demo_style], True
+    if not styles:
+        raise fail("give at least one style image after the content image", EXIT_USAGE)
+    return content, list(styles), False
 
 
 def _finish_stylize(job: Any, stylizer: Any, quiet: bool, say: Callable[[str], None]) -> None:
