@@ -31,11 +31,14 @@ COSINE_MIN = 0.9999
 
 
 # Per backend and precision: (max error / max, gradient cosine). OpenVINO fp32 may pick
-# Winograd convolutions, whose rounding reached 8e-3 of the max on an AMD EPYC (1e-5 here):
-# 1e-2. bf16 keeps 8 bits of mantissa: over ~40 layers forward and back its gradient is off by
-# 4.5-8.5% of the max (cosine 0.996-0.997) at 37x45 to 96x128, while a deep backward kernel
-# scaled by 1.2 (a genuinely wrong gradient) is off by 17-19%: 0.12 tells them apart.
-LIMITS = {"fp32": (REL_TOL, COSINE_MIN), "openvino fp32": (1e-2, COSINE_MIN), "openvino bf16": (0.12, 0.99)}
+# Winograd convolutions, whose rounding reached 8e-3 of the max on an AMD EPYC (1e-5 here): 1e-2.
+LIMITS = {"fp32": (REL_TOL, COSINE_MIN), "openvino fp32": (1e-2, COSINE_MIN)}
+# bf16 keeps 8 bits of mantissa, and how far 40 layers of it drift depends on the weights: the
+# reference itself run in bf16 (torch autocast) is off by 5-11% of the max with the Caffe weights
+# and 23-27% with random ones. OpenVINO's bf16 gradient is held to 1.3× what the reference's own
+# bf16 run shows (it measured 0.7-0.9×), which still fails a deep backward kernel scaled by 1.2
+# (1.6-3.3×; tests/test_foundation.py).
+BF16_SLACK = 1.3
 
 
 @dataclass
@@ -250,13 +253,24 @@ def _other_backends(folder: Path, model: VGG19, spec: LossSpec, h: int, w: int, 
         feeds["guide"] = np.ones((1, 1, h, w), np.float32)
         got = engine.loss_grad(image, feeds)
         ref_feeds = {**feeds, **no_temporal_inputs(h, w)} if spec.temporal else feeds
-        ref_loss, ref_grad, _ = reference_loss_and_grad(model, spec, torch.from_numpy(image), {k: torch.from_numpy(v) for k, v in ref_feeds.items()})
+        tensors = {k: torch.from_numpy(v) for k, v in ref_feeds.items()}
+        ref_loss, ref_grad, _ = reference_loss_and_grad(model, spec, torch.from_numpy(image), tensors)
         label = f"openvino {precision}"
+        limits = LIMITS.get(label) or _bf16_limits(model, spec, image, tensors, ref_loss, ref_grad.numpy())
         for name, g, r in (("loss", np.float64(got.loss), np.float64(ref_loss)), ("grad", got.grad, ref_grad.numpy())):
             c = compare(label, name, (h, w), g, r, cosine=name == "grad")
-            c.limits = LIMITS[label]
+            c.limits = limits
             checks.append(c)
     return checks
+
+
+def _bf16_limits(model: VGG19, spec: LossSpec, image: np.ndarray, targets: dict[str, torch.Tensor], ref_loss: float, ref_grad: np.ndarray) -> tuple[float, float]:
+    """What bf16 arithmetic itself costs on these weights: the reference run under autocast."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss16, grad16, _ = reference_loss_and_grad(model, spec, torch.from_numpy(image), targets)
+    g = compare("torch bf16", "grad", image.shape[2:], grad16.float().numpy(), ref_grad, cosine=True)
+    loss_err = abs(loss16 - ref_loss) / max(abs(ref_loss), 1e-30)
+    return BF16_SLACK * max(g.max_err, loss_err), 1.0 - BF16_SLACK * (1.0 - (g.cosine or 1.0))
 
 
 def no_temporal_inputs(h: int, w: int) -> dict[str, np.ndarray]:
