@@ -152,3 +152,14 @@ def test_a_tiled_run_matches_the_untiled_run(caffe_export: Path, tubingen: np.nd
     assert tiled.loss == pytest.approx(untiled.loss, rel=5e-3)
     assert np.abs(tiled.image - untiled.image).mean() <= 2 / 255
     assert ("grams", 6, 6) in seen and ("gradient", 6, 6) in seen
+
+
+@pytest.mark.slow
+def test_a_tiled_run_on_the_default_engine(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
+    """The default backend (OpenVINO bf16 on CPUs that have it) serves the tile graphs too, compiled
+    for every size (tiles at the image's edges are smaller)."""
+    from onnxstyle.runtime.api import Stylizer
+
+    st = Stylizer(caffe_export)
+    r = st.run(tubingen, [starry], RunSettings(size=160, scales=(160,), iterations=5, tile=64))
+    assert r.evaluations == 5 and np.isfinite(r.image).all() and r.loss < r.history[0]

@@ -149,7 +149,8 @@ def no_temporal(height: int, width: int) -> dict[str, np.ndarray]:
 
 
 def _f32(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float32)
+    # Not np.ascontiguousarray: it turns a 0-d scalar into shape (1,), which OpenVINO refuses.
+    return np.asarray(a, dtype=np.float32, order="C")
 
 
 class TileGrad:
