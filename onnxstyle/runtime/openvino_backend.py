@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import cache_root
-from ..errors import MissingDependencyError, ModelsError
+from ..errors import MissingDependencyError, ModelsError, engine_message
 
 _CORE: Any = None
 
@@ -36,6 +36,15 @@ def _core() -> Any:
             raise MissingDependencyError("OpenVINO is not installed: pip install 'onnxstyle[cpu]' (or pip install openvino)") from e
         _CORE = ov.Core()
     return _CORE
+
+
+def _read_onnx(path: Path) -> Any:
+    """Through the ONNX frontend alone: ``Core.read_model`` tries every frontend on a file that
+    does not parse, and TensorFlow's logs the file's raw bytes to stderr."""
+    from openvino.frontend import FrontEndManager
+
+    frontend = FrontEndManager().load_by_framework("onnx")
+    return frontend.convert(frontend.load(str(path)))
 
 
 def cache_dir(folder: Path) -> Path:
@@ -92,15 +101,15 @@ class OpenVinoRunner:
         src = folder / f"{graph}.onnx"
         self.defaults = {k: np.array(v, np.float32) for k, v in weights.items()}
         try:
-            model = core.read_model(str(src))
+            model = _read_onnx(src)
             if self.defaults:
                 weights_as_parameters(model, self.defaults)
             if shapes:
                 import openvino as ov
 
                 model.reshape({k: ov.PartialShape(list(v)) for k, v in shapes.items() if k not in self.defaults})
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except Exception as e:  # OpenVINO's GeneralFailure and kin are not RuntimeErrors
+            first = engine_message(e)
             raise ModelsError(f"{src} cannot be loaded by OpenVINO ({first}); re-export with: {fix_hint}") from e
         cache = cache_dir(folder)
         cache.mkdir(parents=True, exist_ok=True)
