@@ -206,6 +206,10 @@ class Stylizer:
         for n in spec.style_layers:
             k = f"gram_{n}"
             targets[k] = np.concatenate([g[k] for g in grams]) if multi else sum(wi * g[k] for wi, g in zip(w, grams)).astype(np.float32)
+        if self.engine.choice.precision != "fp32":
+            # The tiles' own passes run at the engine's precision; the fp32 copy that made the
+            # targets held 300 MiB at 2048 px in 512 px tiles.
+            self.engine.release(FEATURES, precision="fp32")
         weights = {**self.engine.weight_defaults, **s.weights()}
         guide = _guide(masks, (stage.height, stage.width)) if masks else None
         temp = self._temporal(temporal, (stage.height, stage.width)) if temporal is not None else None

@@ -103,9 +103,10 @@ class Engine:
             self._runners[key] = runner
         return runner
 
-    def release(self, graph: str = FEATURES) -> None:
-        """Drop a graph's sessions: the features graph is not needed once the targets exist."""
-        for key in [k for k in self._runners if k[0] == graph]:
+    def release(self, graph: str = FEATURES, precision: str | None = None) -> None:
+        """Drop a graph's sessions (of one precision only, if given): the features graph is not
+        needed once the targets exist, nor its fp32 copy once a tiled run's targets do."""
+        for key in [k for k in self._runners if k[0] == graph and precision in (None, k[1])]:
             self._runners.pop(key).close()
         release_heap()
 
