@@ -70,6 +70,7 @@ class ColorMode(str, Enum):
 
 class OptimizerName(str, Enum):
     lbfgs = "lbfgs"
+    lbfgs_b = "lbfgs-b"
     torch_lbfgs = "torch-lbfgs"
     keras_lbfgs = "keras-lbfgs"
     adam = "adam"

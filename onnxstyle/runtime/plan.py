@@ -80,7 +80,8 @@ def _stage(
 
 def _auto_tiles(spec: LossSpec, h: int, w: int, ok: Callable[[TilePlan], bool]) -> TilePlan | None:
     """The largest tile that fits (fewest tiles, least halo), from half the image down to
-    four strides; None when none does."""
+    four strides in steps of a fifth (halving would skip from 512 px tiles straight to 256, at
+    2.7× the pixels per pass instead of 1.6×); None when none does."""
     _, stride = halo_for(spec)
     inner = -(-max(h, w) // 2 // stride) * stride
     while True:
@@ -89,7 +90,7 @@ def _auto_tiles(spec: LossSpec, h: int, w: int, ok: Callable[[TilePlan], bool]) 
             return plan
         if inner <= 4 * stride:
             return None
-        inner = max(4 * stride, inner // 2 // stride * stride)
+        inner = max(4 * stride, inner * 4 // 5 // stride * stride)
 
 
 def plan_run(

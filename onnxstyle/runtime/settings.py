@@ -78,11 +78,13 @@ class RunSettings:
     init: str = "content"
     # Fixed by default so that the same command gives the same pixels on the same machine.
     seed: int = 0
-    # lbfgs: scipy's L-BFGS-B, pixels bounded to [0,1]; torch-lbfgs: torch.optim.LBFGS as
-    # the PyTorch tutorial runs it; adam; keras-lbfgs: the Keras example's restarted rounds.
+    # lbfgs: a projected L-BFGS in float32 (pixels kept in [0,1]), level in loss with scipy's
+    # float64 L-BFGS-B at half its memory per pair (benchmarks/optimizer.py); lbfgs-b: scipy's;
+    # torch-lbfgs: torch.optim.LBFGS as the PyTorch tutorial runs it; adam; keras-lbfgs: the
+    # Keras example's restarted rounds.
     optimizer: str = "lbfgs"
-    # L-BFGS memory; 20 pairs reach the same loss as 100 here (benchmarks/optimizer.py) at a
-    # fifth of the memory.
+    # L-BFGS memory; 20 pairs reach the loss of 100 within 0.1% (benchmarks/optimizer.py) at a
+    # fifth of the memory. A tiled stage that cannot afford them keeps fewer (runtime/plan.py).
     lbfgs_history: int = 20
     # keras-lbfgs: the evaluations are split into this many fresh L-BFGS-B runs.
     rounds: int = 1
