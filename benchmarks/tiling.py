@@ -124,7 +124,7 @@ def markdown(res: dict[str, Any]) -> str:
         f" {res['same_bf16']['mean_abs_pixel_diff_255']:.2f}/255 (bf16 rounds tiles and the whole image differently).",
         "",
         f"**Budget** (`--size {b['size']} --max-memory {b['budget']}`, {b['evaluations']} evaluations): peak RSS"
-        f" {b['peak'] / 2**30:.2f} GiB against {b['budget_bytes'] / 2**30:.2f} GiB (target ≤ 3 GiB); exit {b['exit']}.",
+        f" {b['peak'] / 2**20:.0f} MiB against {b['budget_bytes'] / 2**20:.0f} MiB (target ≤ 3 GiB); exit {b['exit']}.",
         "", "Its plan (`--dry-run`):", "", "```", *b["plan"], "```", "",
         f"**The halo's cost** at {res['halo_size']} px (time per evaluation; each tile is evaluated twice, statistics then gradient):", "",
         "| tiles | count | pixels per pass | s per evaluation | × untiled |", "| --- | --- | --- | --- | --- |",

@@ -194,3 +194,18 @@ def test_openvino_compiled_models_are_cached_beside_the_export(caffe_export: Pat
     again = Engine(models, EngineConfig(device="openvino", precision="fp32")).features(x)
     assert sorted(p.name for p in (models / "openvino-cache").glob("*.blob")) == blobs  # loaded, not recompiled
     np.testing.assert_allclose(again["gram_relu3_1"], first["gram_relu3_1"], rtol=1e-6)
+
+
+def test_openvino_threads_are_not_pinned_so_workers_share_the_cores(caffe_export: Path) -> None:
+    """Pinned, two 1-thread worker processes both land on core 0 (benchmarks/batch.py measured
+    1.08× for two workers over one); the compiled model must say pinning is off and use the
+    threads asked for."""
+    import numpy as np
+
+    from onnxstyle.runtime.engine import Engine
+
+    engine = Engine(caffe_export, EngineConfig(device="openvino", precision="fp32", threads=1))
+    engine.features(np.full((1, 3, 40, 48), 0.5, np.float32))
+    (runner,) = engine._runners.values()
+    assert runner.compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert runner.compiled.get_property("INFERENCE_NUM_THREADS") == 1
