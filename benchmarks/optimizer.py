@@ -69,7 +69,9 @@ def main() -> None:
     ap.add_argument("--evals", type=int, default=300)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--device", default="cpu", help="the engine for every row (cpu: onnxruntime fp32)")
+    ap.add_argument("--only", default=None, help="run only the rows whose name contains one of these comma-separated words (torch's reference row always runs)")
     args = ap.parse_args()
+    wanted = [w.strip() for w in args.only.split(",")] if args.only else None
 
     data = ROOT / "onnxstyle" / "data"
     content, _ = load_image(data / "tubingen.jpg")
@@ -88,6 +90,8 @@ def main() -> None:
     runs: dict[str, dict] = {}
 
     def record(name: str, fn) -> None:  # type: ignore[no-untyped-def]
+        if wanted and "no line search" not in name and not any(w in name for w in wanted):
+            return
         t0 = time.perf_counter()
         losses = fn()
         wall = time.perf_counter() - t0
