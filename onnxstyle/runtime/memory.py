@@ -121,6 +121,10 @@ def estimate_stage(
     style_side = max(32, round(max(height, width) * settings.style_scale))
     # content, its copy per stage, the best image, the iterate shown (and the tiles' gradient sum)
     images = (4 + (1 if tiled else 0)) * 4 * n + 4 * 3 * style_side * style_side
+    if tiled:
+        # A tiled stage holds the content targets whole (relu4_2 at 4096 px: 400 MB); untiled,
+        # they are part of the graph's feeds, within the evaluation's factor.
+        images += sum(LAYER_CHANNELS[c] * math.ceil(height / layer_stride(c)) * math.ceil(width / layer_stride(c)) * 4 for c in spec.content_layers)
     targets = m.features_factor * activation_bytes(spec, min(eh, style_side), min(ew, style_side))
     pairs = min(history or settings.lbfgs_history, max(1, settings.total_evaluations()))
     parts = {
