@@ -191,12 +191,13 @@ class Stylizer:
     ) -> Objective:
         spec, plan = self.engine.manifest.spec, stage.tiles
         assert plan is not None
-        # A dynamic-shape graph keeps the buffers of the largest tile it has run: the 4096 px
-        # stage of the showcase (640 px tiles) held the 1024 px tiles' of the stage before, 1 GB.
+        # What earlier stages compiled goes first: the whole-image loss graph of an untiled stage
+        # (its static buffers held 1.1 GB into the showcase's 2048 px tiled stage) and the
+        # dynamic-shape graphs, which keep the buffers of the largest tile they have run.
         for engine in (self.engine, self._exact):
             if engine is not None:
-                engine.release(TILE_GRAD)
-                engine.release(FEATURES)
+                for graph in (LOSS_GRAD, TILE_GRAD, FEATURES):
+                    engine.release(graph)
         def features(im: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
             return self.engine.features(im, g, dynamic=True)
 
