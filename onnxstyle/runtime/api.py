@@ -337,7 +337,7 @@ def _first_switch(results: list[Result]) -> int | None:
 class PrecisionFallback:
     """bf16 gradients while they make progress, fp32 for the rest of the stage once they stop.
 
-    A bf16 gradient is within ~0.3% of the fp32 one (cosine 0.997 at 256-512 px): L-BFGS
+    A bf16 gradient is close to the fp32 one (cosine 0.995-0.996 at 256-512 px): L-BFGS
     makes the same progress per evaluation at twice the speed, until near a minimum the
     rounding of the loss and gradient can stall its line search. When the optimizer reports
     a stall, the same objective is rebuilt on an fp32 engine (benchmarks/precision.py).

@@ -78,8 +78,8 @@ class RunSettings:
     init: str = "content"
     # Fixed by default so that the same command gives the same pixels on the same machine.
     seed: int = 0
-    # lbfgs: a projected L-BFGS in float32 (pixels kept in [0,1]), level in loss with scipy's
-    # float64 L-BFGS-B at half its memory per pair (benchmarks/optimizer.py); lbfgs-b: scipy's;
+    # lbfgs: a projected L-BFGS in float32 (pixels kept in [0,1]), within 0.35% of scipy's
+    # float64 L-BFGS-B's loss at 46% of its memory (benchmarks/optimizer.py); lbfgs-b: scipy's;
     # torch-lbfgs: torch.optim.LBFGS as the PyTorch tutorial runs it; adam; keras-lbfgs: the
     # Keras example's restarted rounds.
     optimizer: str = "lbfgs"
@@ -105,9 +105,9 @@ class RunSettings:
     # Evaluations per stage (default: ``iterations`` for every stage).
     scale_iterations: tuple[int, ...] | None = None
     # Above 512 px without --scales: first half the evaluations at half size, then the full
-    # ``iterations`` at full size. At 512 px a half-size stage reached the torch reference's
-    # loss in 508 s against the reference's 615 s (benchmarks/results/time_to_quality.md),
-    # and the advantage grows with size, as the coarse stage costs a quarter per evaluation.
+    # ``iterations`` at full size. At 512 px on OpenVINO bf16 a half-size stage reached the torch
+    # reference's loss in 70 s against 93 s for one stage (torch: 457 s;
+    # benchmarks/results/time_to_quality.md), and the coarse stage gets cheaper with size.
     coarse_to_fine_above: int = 512
     # Exact tiled evaluation (runtime/tiling.py): "auto" tiles a stage only when its untiled
     # estimate exceeds the memory budget, "off" never, a number is the inner tile side in px.
