@@ -66,6 +66,20 @@ def test_large_optimizer_state_shrinks_the_history_then_uses_adam() -> None:
     assert (st.optimizer == "lbfgs" and st.history < 20) or st.optimizer == "adam"
 
 
+
+def test_fp32_fallback_only_where_fp32_fits_the_budget() -> None:
+    """A bf16 stall may go on in fp32 only where the stage's fp32 estimate fits: fp32 tile
+    graphs need about twice the memory, which would break --max-memory mid-run."""
+    s = RunSettings(size=2048, scales=(1024, 2048), iterations=40)
+    plan = plan_run(LossSpec(), (1536, 2048), s, "openvino", "bf16", 6 * 2**30)
+    small, big = plan.stages
+    assert small.tiles is None and small.fp32_fallback
+    fp32 = plan_run(LossSpec(), (1536, 2048), s.replace(tile=big.tiles.inner), "openvino", "fp32", None).stages[1]
+    assert big.tiles is not None and fp32.estimate.total > 6 * 2**30 and not big.fp32_fallback
+    roomy = plan_run(LossSpec(), (1536, 2048), s, "openvino", "bf16", 64 * 2**30)
+    assert all(st.fp32_fallback for st in roomy.stages)
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "onnxstyle.cli", "stylize", *args], capture_output=True, text=True, env=cli_env(), timeout=120)
 

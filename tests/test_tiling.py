@@ -10,7 +10,9 @@ import pytest
 from onnxstyle.export.exporter import export
 from onnxstyle.runtime.engine import Engine, TileGrad
 from onnxstyle.runtime.settings import EngineConfig, RunSettings
-from onnxstyle.runtime.tiling import TiledObjective, halo_for, plan_tiles, receptive_reach, tiled_features
+from onnxstyle.runtime.tiling import (
+    TiledObjective, halo_for, plan_tiles, receptive_reach, temporal_loss_grad, tiled_features, tv_loss_grad,
+)
 from onnxstyle.spec import ExportSettings, LossSpec, preset_spec
 
 CPU = EngineConfig(device="cpu")  # fp32 on both sides: only the tiling differs
@@ -163,3 +165,34 @@ def test_a_tiled_run_on_the_default_engine(caffe_export: Path, tubingen: np.ndar
     st = Stylizer(caffe_export)
     r = st.run(tubingen, [starry], RunSettings(size=160, scales=(160,), iterations=5, tile=64))
     assert r.evaluations == 5 and np.isfinite(r.image).all() and r.loss < r.history[0]
+
+
+@pytest.mark.parametrize("kind", ["mean_sq", "sum_abs", "keras"])
+def test_whole_image_terms_in_bands_equal_autograd(kind: str) -> None:
+    """TV and the temporal term are computed in bands of rows (their float64 temporaries stay
+    small at 4096 px); across band edges, loss and gradient equal torch autograd's on the
+    definitions, and the gradient is added to what ``out`` holds."""
+    import torch
+
+    spec = LossSpec(tv=kind, tv_scale=255.0 if kind == "keras" else 1.0)
+    x = photo(23, 31, 5)
+    target, cmap = photo(23, 31, 6), photo(23, 31, 7)[:, :1]
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    v = xt * spec.tv_scale
+    if kind == "keras":
+        tv = ((v[:, :, :-1, :-1] - v[:, :, 1:, :-1]) ** 2 + (v[:, :, :-1, :-1] - v[:, :, :-1, 1:]) ** 2).pow(1.25).sum()
+    elif kind == "sum_abs":
+        tv = (v[:, :, 1:] - v[:, :, :-1]).abs().sum() + (v[:, :, :, 1:] - v[:, :, :, :-1]).abs().sum()
+    else:
+        tv = ((v[:, :, 1:] - v[:, :, :-1]) ** 2).mean() + ((v[:, :, :, 1:] - v[:, :, :, :-1]) ** 2).mean()
+    temporal = (torch.tensor(cmap, dtype=torch.float64) * (xt - torch.tensor(target, dtype=torch.float64)) ** 2).sum() / x.size
+    (0.7 * tv + 3.0 * temporal).backward()
+    want = xt.grad.numpy()
+    for rows in (1, 4, 7, 64):  # one row per band, edges everywhere, uneven last band, one band
+        out = np.full(x.shape, 1e-3, np.float32)
+        loss_tv, g = tv_loss_grad(spec, x, 0.7, out=out, rows=rows)
+        loss_t, g = temporal_loss_grad(x, target, cmap, 3.0, out=g, rows=rows)
+        assert g is out
+        assert loss_tv == pytest.approx(0.7 * tv.item(), rel=1e-9) and loss_t == pytest.approx(3.0 * temporal.item(), rel=1e-9)
+        np.testing.assert_allclose(g.astype(np.float64) - np.float32(1e-3), want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
+    assert tv_loss_grad(spec, x, 0.0)[0] == 0.0 and not tv_loss_grad(spec, x, 0.0)[1].any()

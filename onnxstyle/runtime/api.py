@@ -168,12 +168,13 @@ class Stylizer:
             targets.update(self._temporal(temporal, hw))
             # The targets exist: the features graph's session is not needed while optimizing.
             self.engine.release(FEATURES)
-            return self._fallback(lambda engine: self._objective(targets, s, hook, engine))
+            return self._fallback(lambda engine: self._objective(targets, s, hook, engine), stage.fp32_fallback)
         return self._tiled_objective(stage, content, styles, s, masks, temporal, hook, on_tile)
 
-    def _fallback(self, make: Callable[[Engine], Objective]) -> Objective:
-        """A bf16 engine's objective that can become fp32 when the optimizer stalls on it."""
-        if self.engine.choice.precision != "bf16":
+    def _fallback(self, make: Callable[[Engine], Objective], allowed: bool = True) -> Objective:
+        """A bf16 engine's objective that can become fp32 when the optimizer stalls on it, where
+        the plan says fp32 fits the budget (else a stall is an ordinary L-BFGS restart)."""
+        if self.engine.choice.precision != "bf16" or not allowed:
             return make(self.engine)
         return PrecisionFallback(make, self.engine, self._exact_engine)
 
@@ -181,8 +182,11 @@ class Stylizer:
         """The same backend at fp32, built on first need (one stall in a run is typical of none)."""
         if self._exact is None:
             self._exact = Engine(self.engine.folder, self.engine.config.replace(precision="fp32"), self.engine.fix_hint)
-            # The bf16 loss graph will not be used again in this stage.
-            self.engine.release(LOSS_GRAD)
+        # The engine's own graphs will not be used again in this stage: the plan's fp32 estimate
+        # assumes they are gone (its features graph's fp32 copy, for targets, stays).
+        for graph in (LOSS_GRAD, TILE_GRAD):
+            self.engine.release(graph)
+        self.engine.release(FEATURES, precision=self.engine.choice.precision)
         return self._exact
 
     def _tiled_objective(
@@ -198,6 +202,10 @@ class Stylizer:
             if engine is not None:
                 for graph in (LOSS_GRAD, TILE_GRAD, FEATURES):
                     engine.release(graph)
+        # An fp32 engine an earlier stage fell back to goes whole (rebuilt if this stage may
+        # and does fall back): what its backend keeps beside the graphs is not in this
+        # stage's estimate.
+        self._exact = None
         def features(im: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
             return self.engine.features(im, g, dynamic=True)
 
@@ -235,7 +243,7 @@ class Stylizer:
 
             return objective
 
-        return self._fallback(make)
+        return self._fallback(make, stage.fp32_fallback)
 
     def _temporal(self, temporal: tuple[np.ndarray, np.ndarray] | None, hw: tuple[int, int]) -> dict[str, np.ndarray]:
         if not self.engine.temporal:

@@ -89,7 +89,12 @@ class _Tracker:
             raise _Fault(f"non-finite loss or gradient at evaluation {self.step}")
         self.history.append(loss)
         if loss < self.best_loss:
-            self.best_loss, self.best, self.best_terms = loss, img.copy(), terms
+            # Into the same buffer: a new copy beside the old one was one more image at the peak.
+            if self.best is None or self.best.shape != img.shape:
+                self.best = img.copy()
+            else:
+                np.copyto(self.best, img)
+            self.best_loss, self.best_terms = loss, terms
         if self.callback is not None:
             self.callback(Iterate(self.step, loss, terms, time.perf_counter() - self.t0, img, self.best_loss))
         return loss, grad
@@ -314,7 +319,10 @@ def lbfgs32(
             # The curvature pair takes the intended step t·d, not the clipped one (as torch's
             # L-BFGS does with clamping): pixels held at a bound would otherwise pair a zero
             # step with a non-zero gradient change. Measured better (benchmarks/optimizer.md).
-            mem.add(np.float32(t) * d, gn - g)
+            # In place: d and the old g are not needed again, and two new images here were
+            # two more at the stage's peak.
+            d *= np.float32(t)
+            mem.add(d, np.subtract(gn, g, out=g))
             x, f, g = xn, fn, gn
     except _Stop:
         pass

@@ -32,6 +32,10 @@ class StagePlan:
     optimizer: str
     history: int
     estimate: Estimate
+    # Whether a stall at reduced precision may go on in fp32: its graphs need about twice the
+    # memory (a tiled stage's fp32 tile graphs ~2.3 GB more at 2048 px in 1024 px tiles), so
+    # only where that estimate fits the budget too.
+    fp32_fallback: bool = True
 
     @property
     def tiled(self) -> bool:
@@ -75,7 +79,10 @@ def _stage(
             history -= 1
         if not fits(est(tiles, optimizer, history)):
             optimizer = "adam"
-    return StagePlan(index, size, h, w, evaluations, tiles, optimizer, history, est(tiles, optimizer, history))
+    fallback = precision == "fp32" or budget is None or estimate_stage(
+        spec, h, w, s, backend, "fp32", tiles.largest if tiles else None, optimizer, history
+    ).total <= budget
+    return StagePlan(index, size, h, w, evaluations, tiles, optimizer, history, est(tiles, optimizer, history), fallback)
 
 
 def _auto_tiles(spec: LossSpec, h: int, w: int, ok: Callable[[TilePlan], bool]) -> TilePlan | None:

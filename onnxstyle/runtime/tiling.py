@@ -232,44 +232,72 @@ def content_scale(spec: LossSpec, n: str, target: np.ndarray, weights: dict[str,
     return scale
 
 
-def tv_loss_grad(spec: LossSpec, x: np.ndarray, weight: float) -> tuple[float, np.ndarray]:
-    """Total variation as the graphs compute it, with its gradient, on the whole image."""
-    k = spec.tv_scale
-    x64 = x.astype(np.float64)
-    g = np.zeros_like(x64)
+# Rows per band of the whole-image terms below: their float64 temporaries stay a few MB at
+# any width, where whole-image float64 copies took ~5 image-sizes (720 MiB at 4096 px) even
+# with the term's weight at zero, beyond what the plan's memory estimate counts.
+BAND_ROWS = 128
+
+
+def _bands(height: int, rows: int) -> range:
+    return range(0, height, max(1, rows))
+
+
+def tv_loss_grad(spec: LossSpec, x: np.ndarray, weight: float, out: np.ndarray | None = None, rows: int = BAND_ROWS) -> tuple[float, np.ndarray]:
+    """Total variation as the graphs compute it, on the whole image; its gradient is added to
+    ``out`` (float32, a new zero array if None). Computed in bands of ``rows`` rows, each in
+    float64 with one row of the next band for the differences across the band's edge."""
+    g = np.zeros(x.shape, np.float32) if out is None else out
     if weight == 0.0:
-        return 0.0, g.astype(np.float32)
-    if spec.tv == "keras":
-        base = x64[:, :, :-1, :-1]
-        d1, d2 = x64[:, :, 1:, :-1] - base, x64[:, :, :-1, 1:] - base
-        sq = (d1**2 + d2**2) * k * k
-        gs = sq**0.25 * weight * 2.5 * k * k
-        g[:, :, 1:, :-1] += gs * d1
-        g[:, :, :-1, 1:] += gs * d2
-        g[:, :, :-1, :-1] -= gs * (d1 + d2)
-        return float(weight * (sq**1.25).sum()), g.astype(np.float32)
-    dx, dy = np.diff(x64, axis=2), np.diff(x64, axis=3)
-    if spec.tv == "sum_abs":
-        w = weight * k
-        loss = w * (np.abs(dx).sum() + np.abs(dy).sum())
-        gx, gy = np.sign(dx) * w, np.sign(dy) * w
-    else:
-        sx, sy = weight * k * k / dx.size, weight * k * k / dy.size
-        loss = (dx**2).sum() * sx + (dy**2).sum() * sy
-        gx, gy = 2 * sx * dx, 2 * sy * dy
-    g[:, :, 1:, :] += gx
-    g[:, :, :-1, :] -= gx
-    g[:, :, :, 1:] += gy
-    g[:, :, :, :-1] -= gy
-    return float(loss), g.astype(np.float32)
+        return 0.0, g
+    k, h, w = spec.tv_scale, x.shape[2], x.shape[3]
+    lead = x.shape[0] * x.shape[1]
+    loss = 0.0
+    for r0 in _bands(h, rows):
+        r1 = min(h, r0 + rows)
+        xb = x[:, :, r0 : min(h, r1 + 1)].astype(np.float64)  # one row past the band, if any
+        nd = xb.shape[2] - 1  # row differences starting in this band
+        gb = np.zeros_like(xb)
+        if spec.tv == "keras":
+            base = xb[:, :, :nd, :-1]
+            d1, d2 = xb[:, :, 1 : nd + 1, :-1] - base, xb[:, :, :nd, 1:] - base
+            sq = (d1**2 + d2**2) * k * k
+            gs = sq**0.25 * weight * 2.5 * k * k
+            gb[:, :, 1 : nd + 1, :-1] += gs * d1
+            gb[:, :, :nd, 1:] += gs * d2
+            gb[:, :, :nd, :-1] -= gs * (d1 + d2)
+            loss += float(weight * (sq**1.25).sum())
+        else:
+            dx, dy = np.diff(xb, axis=2), np.diff(xb[:, :, : r1 - r0], axis=3)
+            if spec.tv == "sum_abs":
+                c = weight * k
+                loss += c * (np.abs(dx).sum() + np.abs(dy).sum())
+                gx, gy = np.sign(dx) * c, np.sign(dy) * c
+            else:  # means over the whole image's differences
+                sx, sy = weight * k * k / (lead * (h - 1) * w), weight * k * k / (lead * h * (w - 1))
+                loss += (dx**2).sum() * sx + (dy**2).sum() * sy
+                gx, gy = 2 * sx * dx, 2 * sy * dy
+            gb[:, :, 1:, :] += gx
+            gb[:, :, :-1, :] -= gx
+            gb[:, :, : r1 - r0, 1:] += gy
+            gb[:, :, : r1 - r0, :-1] -= gy
+        g[:, :, r0 : r0 + gb.shape[2]] += gb.astype(np.float32)
+    return float(loss), g
 
 
-def temporal_loss_grad(x: np.ndarray, target: np.ndarray, weight_map: np.ndarray, weight: float) -> tuple[float, np.ndarray]:
-    """Ruder et al.: weight · Σ c·(x−ω)² / (3·H·W), and its gradient."""
+def temporal_loss_grad(
+    x: np.ndarray, target: np.ndarray, weight_map: np.ndarray, weight: float, out: np.ndarray | None = None, rows: int = BAND_ROWS
+) -> tuple[float, np.ndarray]:
+    """Ruder et al.: weight · Σ c·(x−ω)² / (3·H·W); its gradient is added to ``out``, in bands."""
+    g = np.zeros(x.shape, np.float32) if out is None else out
     scale = weight / x.size
-    d = x.astype(np.float64) - target
-    cd = weight_map * d
-    return float((cd * d).sum() * scale), (2.0 * scale * cd).astype(np.float32)
+    loss = 0.0
+    for r0 in _bands(x.shape[2], rows):
+        band = np.s_[:, :, r0 : r0 + rows]
+        d = x[band].astype(np.float64) - target[band]
+        cd = weight_map[band] * d
+        loss += float((cd * d).sum())
+        g[band] += (2.0 * scale * cd).astype(np.float32)
+    return loss * scale, g
 
 
 @dataclass
@@ -310,9 +338,7 @@ class TiledObjective:
             grad[..., t.y0 : t.y1, t.x0 : t.x1] += self.tile_grad(tile_feeds)
             if self.progress is not None:
                 self.progress("gradient", i, len(self.plan.tiles))
-        terms["loss_tv"], tv_grad = tv_loss_grad(spec, x, self.weights["tv_weight"])
-        grad += tv_grad
+        terms["loss_tv"], _ = tv_loss_grad(spec, x, self.weights["tv_weight"], out=grad)
         if self.temporal is not None and "temporal_weight" in self.weights:
-            terms["loss_temporal"], t_grad = temporal_loss_grad(x, *self.temporal, self.weights["temporal_weight"])
-            grad += t_grad
+            terms["loss_temporal"], _ = temporal_loss_grad(x, *self.temporal, self.weights["temporal_weight"], out=grad)
         return float(sum(terms.values())), grad, terms
