@@ -79,8 +79,18 @@ class StylizeJob:
         return fit_size(h, w, self.settings.stages()[-1][0], self.settings.fit)
 
     def plan(self, stylizer: Any) -> Any:
-        """The run's plan (stages, tiles, estimated peak) from the headers alone."""
-        return stylizer.plan(self.output_size(), self.settings)
+        """The run's plan (stages, tiles, estimated peak) from the headers alone, counting the
+        inputs as :meth:`load_images` will hold them."""
+        from .runtime.memory import inputs_bytes
+
+        h, w = self.output_size()
+        side = self._style_side(h, w)
+        styles = [fit_size(*probe_image(p, self.max_pixels).oriented, side, "longest") for p in self.styles]
+        held = inputs_bytes((h, w), styles, len(self.masks), self.init is not None, self.settings.preserve_color)
+        return stylizer.plan((h, w), self.settings, held)
+
+    def _style_side(self, h: int, w: int) -> int:
+        return max(32, round(max(self.settings.size, max(h, w)) * self.settings.style_scale))
 
     def check_memory(self, stylizer: Any) -> Any:
         """Refuse, from the headers alone, a run whose working set would not fit; the plan."""
@@ -95,8 +105,7 @@ class StylizeJob:
         h, w = self.output_size()
         s = self.settings
         self.content_rgb, self.alpha = load_image(self.content, max(h, w), self.max_pixels)
-        style_side = max(32, round(max(s.size, max(h, w)) * s.style_scale))
-        self.style_rgbs = [load_image(p, style_side, self.max_pixels)[0] for p in self.styles]
+        self.style_rgbs = [load_image(p, self._style_side(h, w), self.max_pixels)[0] for p in self.styles]
         self.init_rgb = load_image(self.init, max(h, w), self.max_pixels)[0] if self.init else None
         self.mask_arrays = [load_image(p, max(h, w), self.max_pixels)[0].mean(axis=2) for p in self.masks]
 

@@ -17,7 +17,7 @@ from .colour import luminance_image, match_histogram, match_luminance, recombine
 from ..contract import FEATURES, LOSS_GRAD, TILE_GRAD
 from .engine import Engine, TileGrad, no_temporal
 from .image_io import from_nchw, resize_longest, resize_to, to_nchw
-from .memory import default_budget
+from .memory import default_budget, inputs_bytes
 from .optimize import Iterate, Objective, Result, adam, lbfgs, lbfgs32, lbfgs_rounds, torch_lbfgs
 from .plan import RunPlan, StagePlan, check_plan, plan_run
 from .tiling import TiledObjective, TileProgress, plan_tiles, tiled_features
@@ -107,7 +107,8 @@ class Stylizer:
         s = settings or RunSettings()
         masks = list(masks) if masks else []
         self._check_inputs(styles, masks)
-        plan = self.plan(content.shape[:2], s)
+        held = inputs_bytes(content.shape[:2], [st.shape[:2] for st in styles], len(masks), init_image is not None, s.preserve_color)
+        plan = self.plan(content.shape[:2], s, held)
         check_plan(plan)
 
         # Colour (Gatys et al. 2017): optimize luminance only, or recolour the styles first.
@@ -144,8 +145,9 @@ class Stylizer:
             raise Interrupted(self._finish(results, s, content) if results else None, e) from e
         return self._finish(results, s, content)
 
-    def plan(self, content_hw: tuple[int, int], settings: RunSettings) -> RunPlan:
-        """Stages, tiles, optimizer state and estimated peak memory, before anything is allocated."""
+    def plan(self, content_hw: tuple[int, int], settings: RunSettings, inputs: int | None = None) -> RunPlan:
+        """Stages, tiles, optimizer state and estimated peak memory, before anything is allocated;
+        ``inputs``: bytes of the inputs the run holds whole (memory.inputs_bytes)."""
         s = settings
         if s.tile != "off" and not self.engine.manifest.has(TILE_GRAD):
             if s.tile != "auto":
@@ -153,7 +155,7 @@ class Stylizer:
             s = s.replace(tile="off")  # an older export: untiled, refused up front if too large
         budget = s.max_memory if s.max_memory is not None else default_budget()
         choice = self.engine.choice
-        return plan_run(self.engine.manifest.spec, content_hw, s, choice.backend, choice.precision, budget)
+        return plan_run(self.engine.manifest.spec, content_hw, s, choice.backend, choice.precision, budget, inputs)
 
     def _stage_objective(
         self, stage: StagePlan, content: np.ndarray, styles: Sequence[np.ndarray], s: RunSettings, masks: list[np.ndarray],

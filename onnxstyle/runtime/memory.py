@@ -109,18 +109,35 @@ class Estimate:
         return int(self.margin * (p.get("libraries", 0) + p.get("weights", 0) + max(p.get("targets", 0), optimizing)))
 
 
+def inputs_bytes(
+    content_hw: tuple[int, int], style_hws: list[tuple[int, int]], masks: int = 0, init: bool = False, preserve_color: str | None = None
+) -> int:
+    """The run's inputs as float32, held whole from its first stage to its last: the content as
+    given (the CLI decodes it at the output size), the styles, the init image and masks; with
+    colour preservation, the recoloured copies beside them."""
+    h, w = content_hw
+    rgb = 12 * h * w + sum(12 * sh * sw for sh, sw in style_hws)
+    return (2 if preserve_color else 1) * rgb + (12 * h * w if init else 0) + masks * 4 * h * w
+
+
 def estimate_stage(
     spec: LossSpec, height: int, width: int, settings: "RunSettings", backend: str = "onnxruntime",
     precision: str = "fp32", extent: tuple[int, int] | None = None, optimizer: str | None = None, history: int | None = None,
+    inputs: int | None = None,
 ) -> Estimate:
-    """The peak of one stage at height × width; ``extent``: the largest tile when tiled."""
+    """The peak of one stage at height × width; ``extent``: the largest tile when tiled;
+    ``inputs``: :func:`inputs_bytes` of the run (None: a content and a square style at this
+    stage's size). Coarse stages count the full-size inputs too: the showcase's 2048 px stage
+    ran 264 MiB over its estimate holding a content and a style decoded at 4096 px."""
     m = model_for(backend, precision)
     eh, ew = extent or (height, width)
     tiled = extent is not None
     n = 3 * height * width
     style_side = max(32, round(max(height, width) * settings.style_scale))
-    # content, its copy per stage, the best image, the iterate shown (and the tiles' gradient sum)
-    images = (4 + (1 if tiled else 0)) * 4 * n + 4 * 3 * style_side * style_side
+    if inputs is None:
+        inputs = inputs_bytes((height, width), [(style_side, style_side)])
+    # the content's copy per stage, the best image, the iterate shown (and the tiles' gradient sum)
+    images = (3 + (1 if tiled else 0)) * 4 * n + inputs
     if tiled:
         # A tiled stage holds the content targets whole (relu4_2 at 4096 px: 400 MB); untiled,
         # they are part of the graph's feeds, within the evaluation's factor.

@@ -56,12 +56,12 @@ class RunPlan:
 
 def _stage(
     spec: LossSpec, index: int, size: int, hw: tuple[int, int], evaluations: int, s: RunSettings,
-    backend: str, precision: str, budget: int | None,
+    backend: str, precision: str, budget: int | None, inputs: int | None,
 ) -> StagePlan:
     h, w = hw
 
-    def est(tiles: TilePlan | None, optimizer: str, history: int) -> Estimate:
-        return estimate_stage(spec, h, w, s, backend, precision, tiles.largest if tiles else None, optimizer, history)
+    def est(tiles: TilePlan | None, optimizer: str, history: int, at: str = precision) -> Estimate:
+        return estimate_stage(spec, h, w, s, backend, at, tiles.largest if tiles else None, optimizer, history, inputs)
 
     def fits(e: Estimate) -> bool:
         return budget is None or e.total <= budget
@@ -79,9 +79,7 @@ def _stage(
             history -= 1
         if not fits(est(tiles, optimizer, history)):
             optimizer = "adam"
-    fallback = precision == "fp32" or budget is None or estimate_stage(
-        spec, h, w, s, backend, "fp32", tiles.largest if tiles else None, optimizer, history
-    ).total <= budget
+    fallback = precision == "fp32" or fits(est(tiles, optimizer, history, "fp32"))
     return StagePlan(index, size, h, w, evaluations, tiles, optimizer, history, est(tiles, optimizer, history), fallback)
 
 
@@ -101,12 +99,15 @@ def _auto_tiles(spec: LossSpec, h: int, w: int, ok: Callable[[TilePlan], bool]) 
 
 
 def plan_run(
-    spec: LossSpec, content_hw: tuple[int, int], settings: RunSettings, backend: str, precision: str, budget: int | None
+    spec: LossSpec, content_hw: tuple[int, int], settings: RunSettings, backend: str, precision: str, budget: int | None,
+    inputs: int | None = None,
 ) -> RunPlan:
+    """``inputs``: bytes of the run's inputs held whole (memory.inputs_bytes); None: a content
+    and a square style at each stage's size."""
     stages = []
     for i, (size, evaluations) in enumerate(settings.stages(), start=1):
         hw = fit_size(content_hw[0], content_hw[1], size, settings.fit)
-        stages.append(_stage(spec, i, size, hw, evaluations, settings, backend, precision, budget))
+        stages.append(_stage(spec, i, size, hw, evaluations, settings, backend, precision, budget, inputs))
     return RunPlan(tuple(stages), backend, precision, budget)
 
 
