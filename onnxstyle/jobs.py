@@ -86,7 +86,8 @@ class StylizeJob:
         h, w = self.output_size()
         side = self._style_side(h, w)
         styles = [fit_size(*probe_image(p, self.max_pixels).oriented, side, "longest") for p in self.styles]
-        held = inputs_bytes((h, w), styles, len(self.masks), self.init is not None, self.settings.preserve_color)
+        masks = [fit_size(*probe_image(p, self.max_pixels).oriented, max(h, w), "longest") for p in self.masks]
+        held = inputs_bytes((h, w), styles, masks, self.init is not None, self.settings.preserve_color)
         return stylizer.plan((h, w), self.settings, held)
 
     def _style_side(self, h: int, w: int) -> int:

@@ -80,6 +80,33 @@ def test_fp32_fallback_only_where_fp32_fits_the_budget() -> None:
     assert all(st.fp32_fallback for st in roomy.stages)
 
 
+
+def test_the_plan_counts_the_inputs_the_run_will_hold(tmp_path: Path) -> None:
+    """From the headers alone, the plan counts the inputs as load_images() decodes them (the
+    content at the output size, styles at their side, masks, the init image, colour copies):
+    the bytes it predicts are those of the arrays then held, for a coarse-to-fine run whose
+    first stage is far smaller than what it holds."""
+    from onnxstyle.jobs import StylizeJob
+    from onnxstyle.runtime.memory import inputs_bytes
+
+    class Recorder:
+        def plan(self, hw: tuple[int, int], settings: RunSettings, inputs: int | None = None) -> int | None:
+            return inputs
+
+    for colour, init, masks in ((None, False, []), ("luminance", True, [STYLE])):
+        s = RunSettings(size=700, scales=(200, 700), iterations=5, preserve_color=colour)
+        job = StylizeJob(CONTENT, [STYLE, CONTENT], tmp_path / "o.png", s, masks=masks, init=CONTENT if init else None)
+        predicted = job.plan(Recorder())
+        job.load_images()
+        arrays = [job.content_rgb, *job.style_rgbs, *job.mask_arrays] + ([job.init_rgb] if init else [])
+        held = sum(a.nbytes for a in arrays) + (sum(a.nbytes for a in [job.content_rgb, *job.style_rgbs]) if colour else 0)
+        assert predicted == held
+        plan = plan_run(LossSpec(), job.output_size(), s, "openvino", "bf16", None, predicted)
+        small = plan_run(LossSpec(), job.output_size(), s, "openvino", "bf16", None)
+        assert plan.stages[0].estimate.parts["images"] - small.stages[0].estimate.parts["images"] > 0.8 * predicted
+    assert inputs_bytes((10, 20), [(5, 5)]) == 12 * 200 + 12 * 25
+
+
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "onnxstyle.cli", "stylize", *args], capture_output=True, text=True, env=cli_env(), timeout=120)
 

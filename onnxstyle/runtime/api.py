@@ -107,7 +107,9 @@ class Stylizer:
         s = settings or RunSettings()
         masks = list(masks) if masks else []
         self._check_inputs(styles, masks)
-        held = inputs_bytes(content.shape[:2], [st.shape[:2] for st in styles], len(masks), init_image is not None, s.preserve_color)
+        held = inputs_bytes(
+            content.shape[:2], [st.shape[:2] for st in styles], [m.shape[:2] for m in masks], init_image is not None, s.preserve_color
+        )
         plan = self.plan(content.shape[:2], s, held)
         check_plan(plan)
 

@@ -110,14 +110,15 @@ class Estimate:
 
 
 def inputs_bytes(
-    content_hw: tuple[int, int], style_hws: list[tuple[int, int]], masks: int = 0, init: bool = False, preserve_color: str | None = None
+    content_hw: tuple[int, int], style_hws: list[tuple[int, int]], mask_hws: list[tuple[int, int]] | None = None, init: bool = False,
+    preserve_color: str | None = None,
 ) -> int:
     """The run's inputs as float32, held whole from its first stage to its last: the content as
     given (the CLI decodes it at the output size), the styles, the init image and masks; with
     colour preservation, the recoloured copies beside them."""
     h, w = content_hw
     rgb = 12 * h * w + sum(12 * sh * sw for sh, sw in style_hws)
-    return (2 if preserve_color else 1) * rgb + (12 * h * w if init else 0) + masks * 4 * h * w
+    return (2 if preserve_color else 1) * rgb + (12 * h * w if init else 0) + sum(4 * mh * mw for mh, mw in mask_hws or [])
 
 
 def estimate_stage(
