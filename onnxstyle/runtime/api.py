@@ -219,7 +219,7 @@ class Stylizer:
         grams = []
         for st in styles:
             img = to_nchw(resize_longest(st, side))
-            grams.append(tiled_features(spec, plan_tiles(img.shape[2], img.shape[3], spec, plan.inner), features, img, progress=on_tile))
+            grams.append(tiled_features(spec, plan_tiles(img.shape[2], img.shape[3], spec, plan.inner), features, img, progress=on_tile, maps=False))
         multi = len(masks) > 1
         w = blend_weights(len(styles), s.style_blend)
         for n in spec.style_layers:

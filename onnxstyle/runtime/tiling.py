@@ -149,16 +149,18 @@ Features = Callable[[np.ndarray, np.ndarray], dict[str, np.ndarray]]
 def accumulate(
     spec: LossSpec, plan: TilePlan, features: Features, image: np.ndarray, guide: np.ndarray | None,
     content: dict[str, np.ndarray] | None = None, progress: TileProgress | None = None, label: str = "grams",
+    maps: bool = True,
 ) -> Stats:
     """Pass 1 over every tile: Gram sums and masses, and per content layer either the whole
-    map (``content`` None: targets) or Σ(F−P)² against the given maps (the loss)."""
+    map (``content`` None: targets; not kept when ``maps`` is False, for a style image) or
+    Σ(F−P)² against the given maps (the loss)."""
     st = Stats()
     for i, t in enumerate(plan.tiles, start=1):
         out = features(_crop(image, t), _tile_guide(guide, t))
         for n in spec.style_layers:
             st.gramsum[n] = st.gramsum.get(n, 0) + out[f"gramsum_{n}"].astype(np.float64)
             st.mass[n] = st.mass.get(n, 0) + out[f"mass_{n}"].astype(np.float64)
-        for n in spec.content_layers:
+        for n in spec.content_layers if content is not None or maps else ():
             ty, tx, gy, gx = _layer_box(t, layer_stride(n))
             f = out[f"content_{n}"][:, :, ty, tx]
             if content is None:
@@ -190,10 +192,11 @@ def normalized(spec: LossSpec, gramsum: np.ndarray, mass: np.ndarray, layer: str
 
 def tiled_features(
     spec: LossSpec, plan: TilePlan, features: Features, image: np.ndarray, guide: np.ndarray | None = None,
-    progress: TileProgress | None = None,
+    progress: TileProgress | None = None, maps: bool = True,
 ) -> dict[str, np.ndarray]:
-    """What the features graph gives for the whole image, assembled from tiles."""
-    st = accumulate(spec, plan, features, image, guide, None, progress, "targets")
+    """What the features graph gives for the whole image, assembled from tiles (without the
+    content maps if ``maps`` is False: a style's relu4_2 map is 335 MB at 4096 px)."""
+    st = accumulate(spec, plan, features, image, guide, None, progress, "targets", maps)
     out = {f"content_{n}": v for n, v in st.maps.items()}
     for n in spec.style_layers:
         out[f"gram_{n}"] = normalized(spec, st.gramsum[n], st.mass[n], n).astype(np.float32)
@@ -228,8 +231,19 @@ def content_scale(spec: LossSpec, n: str, target: np.ndarray, weights: dict[str,
     if spec.content_reduction == "mean":
         scale = scale / target.size
     if spec.relative:
-        scale = scale / (float(np.mean(target.astype(np.float64) ** 2)) + EPS)
+        scale = scale / (_mean_square(target) + EPS)
     return scale
+
+
+def _mean_square(a: np.ndarray, chunk: int = 1 << 22) -> float:
+    """mean(a²) accumulated in float64 a chunk at a time: a float64 copy of relu4_2's map and
+    its square took 1.5 GB at 4096 px."""
+    flat = a.reshape(-1)
+    total = 0.0
+    for i in range(0, flat.size, chunk):
+        c = flat[i : i + chunk].astype(np.float64)
+        total += float(np.dot(c, c))
+    return total / max(1, flat.size)
 
 
 # Rows per band of the whole-image terms below: their float64 temporaries stay a few MB at
@@ -314,13 +328,17 @@ class TiledObjective:
     temporal: tuple[np.ndarray, np.ndarray] | None = None  # ([1,3,H,W] target, [1,1,H,W] map)
     progress: TileProgress | None = None
 
+    def __post_init__(self) -> None:
+        # Fixed for the stage: computed once, not per evaluation.
+        self.content_scales = {n: content_scale(self.spec, n, self.targets[f"content_{n}"], self.weights) for n in self.spec.content_layers}
+
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
         spec, hw = self.spec, (self.plan.height, self.plan.width)
         st = accumulate(spec, self.plan, self.features, x, self.guide, self.targets, self.progress, "grams")
         terms: dict[str, float] = {}
         feeds: dict[str, np.ndarray] = {}
         for n in spec.content_layers:
-            scale = content_scale(spec, n, self.targets[f"content_{n}"], self.weights)
+            scale = self.content_scales[n]
             terms[f"loss_content_{n}"] = scale * st.sq[n]
             feeds[f"content_scale_{n}"] = np.array(2.0 * scale, np.float32)
         for n in spec.style_layers:
