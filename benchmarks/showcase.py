@@ -109,7 +109,9 @@ def main() -> None:
     md = (f"# {w}x{h} on 2 cores within {args.max_memory}\n\n`{out['command']}`\n\n"
           f"Exit {res['code']}; wall time {wall / 60:.0f} min; peak RSS {res['peak'] / 2**30:.2f} GiB. "
           f"The torch reference, extrapolated from its peaks at 512 and 1024 px: {out['torch_extrapolated'] / 2**30:.1f} GiB.\n\n"
-          "Resident set by stage (sampled every 0.25 s; the stage read from the progress lines), against the plan:\n\n"
+          "Resident set by stage, against the plan (sampled every 0.25 s; a stage's row runs from its first "
+          "progress line, which follows its first evaluation, to the next stage's, so it also holds the next "
+          "stage's setup: row 1 holds stage 2's targets):\n\n"
           "| stage | peak RSS (MiB) | estimate (MiB) |\n|---|---|---|\n"
           + "".join(f"| {k} | {v / 2**20:.0f} | {_estimate(out['plan'], k)} |\n" for k, v in sorted(stages.items()))
           + "\nPlan:\n\n```\n" + "\n".join(out["plan"]) + "\n```\n")
