@@ -210,6 +210,7 @@ class Stylizer:
         # and does fall back): what its backend keeps beside the graphs is not in this
         # stage's estimate.
         self._exact = None
+
         def features(im: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
             return self.engine.features(im, g, dynamic=True)
 
