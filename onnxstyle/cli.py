@@ -333,7 +333,7 @@ def _print_plan(plan: Any, stylizer: Any) -> None:
             f"stage {st.index}/{len(plan.stages)}: {st.width}x{st.height}, {st.evaluations} evaluations, {tiles}, "
             f"{st.optimizer}" + (f" (history {st.history})" if st.optimizer == "lbfgs" else "")
             + f"; estimated peak {st.estimate.total / 2**20:.0f} MiB ({parts} MiB)"
-            + ("" if st.fp32_fallback or plan.precision == "fp32" else "; no fp32 fallback on a stall (over the budget)")
+            + ("" if st.fp32_fallback else "; no fp32 fallback on a stall (over the budget)")
         )
 
 

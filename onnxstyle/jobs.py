@@ -21,7 +21,9 @@ from . import __version__
 from .errors import Interrupted
 from .runtime.image_io import (
     DEFAULT_MAX_PIXELS,
+    ImageHeader,
     check_output_path,
+    fit_longest,
     fit_size,
     from_nchw,
     load_image,
@@ -58,10 +60,17 @@ class StylizeJob:
     style_rgbs: list[np.ndarray] = field(default_factory=list)
     init_rgb: np.ndarray | None = None
     mask_arrays: list[np.ndarray] = field(default_factory=list)
+    # Each input's header, read once: the output size and the plan ask for them again and again.
+    _headers: dict[Path, ImageHeader] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def inputs(self) -> list[Path]:
         return [self.content, *self.styles, *self.masks] + ([self.init] if self.init else [])
+
+    def _header(self, path: Path) -> ImageHeader:
+        if path not in self._headers:
+            self._headers[path] = probe_image(path, self.max_pixels)
+        return self._headers[path]
 
     def check_paths(self) -> None:
         """Refuse an output that cannot be written before any minute is spent on it."""
@@ -71,11 +80,11 @@ class StylizeJob:
         """Every input's header, before anything else is loaded: a bomb or a non-image is
         refused in milliseconds, not after the engine has started."""
         for p in self.inputs:
-            probe_image(p, self.max_pixels)
+            self._header(p)
 
     def output_size(self) -> tuple[int, int]:
         """(height, width) of the result, from the content's header alone (nothing decoded)."""
-        h, w = probe_image(self.content, self.max_pixels).oriented
+        h, w = self._header(self.content).oriented
         return fit_size(h, w, self.settings.stages()[-1][0], self.settings.fit)
 
     def plan(self, stylizer: Any) -> Any:
@@ -85,8 +94,8 @@ class StylizeJob:
 
         h, w = self.output_size()
         side = self._style_side(h, w)
-        styles = [fit_size(*probe_image(p, self.max_pixels).oriented, side, "longest") for p in self.styles]
-        masks = [fit_size(*probe_image(p, self.max_pixels).oriented, max(h, w), "longest") for p in self.masks]
+        styles = [fit_longest(*self._header(p).oriented, side) for p in self.styles]
+        masks = [fit_longest(*self._header(p).oriented, max(h, w)) for p in self.masks]
         held = inputs_bytes((h, w), styles, masks, self.init is not None, self.settings.preserve_color)
         return stylizer.plan((h, w), self.settings, held)
 

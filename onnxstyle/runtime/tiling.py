@@ -155,12 +155,13 @@ def accumulate(
     map (``content`` None: targets; not kept when ``maps`` is False, for a style image) or
     Σ(F−P)² against the given maps (the loss)."""
     st = Stats()
+    content_layers = spec.content_layers if content is not None or maps else ()
     for i, t in enumerate(plan.tiles, start=1):
         out = features(_crop(image, t), _tile_guide(guide, t))
         for n in spec.style_layers:
             st.gramsum[n] = st.gramsum.get(n, 0) + out[f"gramsum_{n}"].astype(np.float64)
             st.mass[n] = st.mass.get(n, 0) + out[f"mass_{n}"].astype(np.float64)
-        for n in spec.content_layers if content is not None or maps else ():
+        for n in content_layers:
             ty, tx, gy, gx = _layer_box(t, layer_stride(n))
             f = out[f"content_{n}"][:, :, ty, tx]
             if content is None:
@@ -327,9 +328,10 @@ class TiledObjective:
     guide: np.ndarray | None = None  # [R,1,H,W] masks; None: one region, all ones
     temporal: tuple[np.ndarray, np.ndarray] | None = None  # ([1,3,H,W] target, [1,1,H,W] map)
     progress: TileProgress | None = None
+    # The content terms' factors, fixed for the stage: computed once, not per evaluation.
+    content_scales: dict[str, float] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Fixed for the stage: computed once, not per evaluation.
         self.content_scales = {n: content_scale(self.spec, n, self.targets[f"content_{n}"], self.weights) for n in self.spec.content_layers}
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
