@@ -120,18 +120,19 @@ def test_missing_and_truncated(tmp_path: Path) -> None:
 
 
 def test_huge_jpeg_is_decoded_reduced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import JpegImagePlugin
+
     big = cv2.resize(cv2.imread(str(DATA / "tubingen.png")), (4000, 3000), interpolation=cv2.INTER_LINEAR)
     cv2.imwrite(str(tmp_path / "big.jpg"), big)
     seen: list[int] = []
-    real = cv2.imdecode
+    real = JpegImagePlugin.JpegImageFile.load
 
-    def spy(buf, flags):  # type: ignore[no-untyped-def]
-        out = real(buf, flags)
-        if out is not None and flags != cv2.IMREAD_UNCHANGED:
-            seen.append(max(out.shape[:2]))
+    def spy(self):  # type: ignore[no-untyped-def]
+        out = real(self)
+        seen.append(max(self.size))
         return out
 
-    monkeypatch.setattr(cv2, "imdecode", spy)
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", spy)
     rgb, _ = load_image(tmp_path / "big.jpg", max_side=400)
     assert max(rgb.shape[:2]) == 400
     assert seen and seen[-1] == 500  # decoded at 1/8 scale, not 4000 px

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.optimize import Bounds, minimize
 
-from ..errors import Interrupted
+from ..errors import Interrupted, MissingDependencyError
 
 
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray, dict[str, float]]]
@@ -125,6 +124,18 @@ class _Tracker:
         )
 
 
+def _scipy_optimize():  # type: ignore[no-untyped-def]
+    """scipy.optimize, imported on first use: only ``lbfgs-b`` and ``keras-lbfgs`` need it,
+    and it is 140 MB that the lean install (``pip install 'onnxstyle[cpu]'``) leaves out."""
+    try:
+        import scipy.optimize
+    except ImportError:
+        raise MissingDependencyError(
+            "this optimizer needs scipy: pip install 'onnxstyle[scipy]' (or use the default --optimizer lbfgs)"
+        ) from None
+    return scipy.optimize
+
+
 def lbfgs(
     objective: Objective,
     x0: np.ndarray,
@@ -140,15 +151,16 @@ def lbfgs(
     up early (it can, near a kink of max-pooling), the memory is reset and the run goes
     on from the best image, as long as the budget lasts.
     """
+    so = _scipy_optimize()
     track = _Tracker(objective, evaluations, callback, x0.shape, spike_factor=np.inf)
     x = x0.astype(np.float64).ravel()
-    bounds = Bounds(np.zeros_like(x), np.ones_like(x))
+    bounds = so.Bounds(np.zeros_like(x), np.ones_like(x))
     error = None
     stalled = 0
     while track.step < evaluations:
         before = track.step
         try:
-            minimize(
+            so.minimize(
                 track,
                 x,
                 jac=True,
@@ -546,6 +558,7 @@ def lbfgs_rounds(
     gradient is divided accordingly. scipy's defaults (m=10, factr=1e7, pgtol=1e-5) as in
     the notebook; pixels are clipped only when the result is saved.
     """
+    minimize = _scipy_optimize().minimize
     track = _Tracker(objective, rounds * maxfun, callback, x0.shape, spike_factor=np.inf)
 
     def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
