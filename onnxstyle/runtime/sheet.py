@@ -22,9 +22,12 @@ from __future__ import annotations
 import math
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 
-import cv2
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .image_io import resize
 
 __all__ = [
     "SheetLayout",
@@ -35,13 +38,13 @@ __all__ = [
     "sheet_layout",
 ]
 
-FONT = cv2.FONT_HERSHEY_SIMPLEX
-THICKNESS = 1
+# Text sizes are "scales": the font's size in pixels is FONT_PX times the scale.
+FONT_PX = 30
 BACKGROUND = 0.18
 BAND = 0.06
 TEXT = 1.0
-# Below this Hershey glyphs stop being legible; shorten the text instead of shrinking it.
-MIN_SCALE = 0.3
+# Below 10 px the anti-aliased glyphs blur into grey; shorten the text instead of shrinking it.
+MIN_SCALE = 10 / FONT_PX
 
 
 # Typographic punctuation that sweep labels pick up from editors and shells; a close ASCII
@@ -64,8 +67,9 @@ def ascii_safe(text: str) -> str:
     """``text`` reduced to printable ASCII: accents dropped (é -> e), dashes and quotes
     simplified, anything else -> '?'.
 
-    cv2.putText only has glyphs for ASCII and draws other code points as '?' pairs or
-    garbage, so do the replacement deliberately and one character per character.
+    Pillow's built-in font (the only one sure to be there, no font files are looked up)
+    covers little past ASCII and draws other code points as boxes, so do the replacement
+    deliberately and one character per character.
     """
     out = []
     for ch in unicodedata.normalize("NFKD", text.translate(_PUNCTUATION)):
@@ -90,9 +94,24 @@ def _margin(scale: float) -> int:
     return max(2, int(round(6 * scale)))
 
 
+@lru_cache(maxsize=64)
+def _font_px(px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Pillow >= 10.1 embeds a scalable font (FreeType); a Pillow built without FreeType
+    # returns its one bitmap size instead, which still labels a sheet.
+    return ImageFont.load_default(size=px)
+
+
+def _font(scale: float) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return _font_px(max(1, round(FONT_PX * scale)))
+
+
+def _line_height(scale: float) -> int:
+    """Top of the ascenders to the bottom of the descenders, text drawn at y = 0."""
+    return int(math.ceil(_font(scale).getbbox("Ag")[3]))
+
+
 def _band_height(scale: float) -> int:
-    (_, text_h), baseline = cv2.getTextSize("Ag", FONT, scale, THICKNESS)
-    return text_h + baseline + 2 * _margin(scale)
+    return _line_height(scale) + 2 * _margin(scale)
 
 
 def label_height(panel_w: int) -> int:
@@ -105,7 +124,7 @@ def _title_scale(panel_w: int) -> float:
 
 
 def _text_width(text: str, scale: float) -> int:
-    return cv2.getTextSize(text, FONT, scale, THICKNESS)[0][0]
+    return int(math.ceil(_font(scale).getbbox(text)[2])) if text else 0
 
 
 def _fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
@@ -127,16 +146,15 @@ def _fit_text(text: str, width: int, scale: float) -> tuple[str, float]:
 
 def _text_mask(text: str, height: int, width: int, scale: float) -> np.ndarray:
     """Coverage (float32 HxW in [0, 1]) of ``text`` centred in a ``height x width`` band."""
-    # Drawn into a uint8 mask and blended afterwards: cv2 anti-aliases only 8-bit images,
-    # and the panels must keep their float precision.
-    mask = np.zeros((height, width), np.uint8)
+    # Drawn into an 8-bit mask (Pillow anti-aliases text there) and blended afterwards:
+    # the panels keep their float precision.
+    mask = Image.new("L", (width, height), 0)
     text, scale = _fit_text(ascii_safe(text), width - 2 * _margin(scale), scale)
     if text:
-        (tw, th), baseline = cv2.getTextSize(text, FONT, scale, THICKNESS)
-        x = max(0, (width - tw) // 2)
-        y = max(th, (height - th - baseline) // 2 + th)
-        cv2.putText(mask, text, (x, y), FONT, scale, 255, THICKNESS, cv2.LINE_AA)
-    return mask.astype(np.float32) / 255.0
+        x = max(0, (width - _text_width(text, scale)) // 2)
+        y = max(0, (height - _line_height(scale)) // 2)
+        ImageDraw.Draw(mask).text((x, y), text, fill=255, font=_font(scale))
+    return np.asarray(mask, np.float32) / 255.0
 
 
 def _draw_band(canvas: np.ndarray, y: int, x: int, mask: np.ndarray) -> None:
@@ -253,10 +271,8 @@ def _resize(panel: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     h, w = hw
     if panel.shape[:2] == (h, w):
         return panel
-    shrinking = panel.shape[0] >= h and panel.shape[1] >= w
-    # Area averaging avoids aliasing when shrinking; cubic overshoots, hence the clip.
-    out = cv2.resize(panel, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-    return np.clip(out, 0.0, 1.0)
+    # Bicubic (enlarging) overshoots, hence the clip.
+    return np.clip(resize(panel, h, w), 0.0, 1.0)
 
 
 def contact_sheet(
@@ -332,4 +348,4 @@ def enlarge_for_labels(panels: list[np.ndarray], min_width: int = MIN_LABELLED_P
     if not panels or panels[0].shape[1] >= min_width:
         return panels
     k = -(-min_width // panels[0].shape[1])
-    return [cv2.resize(p, (p.shape[1] * k, p.shape[0] * k), interpolation=cv2.INTER_NEAREST) for p in panels]
+    return [np.repeat(np.repeat(p, k, axis=0), k, axis=1) for p in panels]
