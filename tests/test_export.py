@@ -189,7 +189,7 @@ def test_manifest_round_trip(caffe_export: Path) -> None:
     m = read_manifest(caffe_export)
     assert m.spec == LossSpec()
     data = json.loads((caffe_export / "manifest.json").read_text())
-    assert data["format_version"] == 3
+    assert data["format_version"] == 4
     assert data["weights"]["sha256"] == load_caffe().sha256
     assert data["layers"]["content"] == ["relu4_2"]
     assert data["opset"] == 17

@@ -19,9 +19,10 @@ from .. import __version__
 from ..errors import ExportError
 from ..models.vgg import VGG19
 from ..models.weights import VGGWeights, load_weights
-from ..contract import GRAPHS, MANIFEST, METADATA_KEY, OPTIONAL_GRAPHS, default_export_dir
+from ..contract import GRAPHS, MANIFEST, METADATA_KEY, OPTIONAL_GRAPHS, WEIGHTS_FILE, default_export_dir
 from ..spec import FORMAT_VERSION, LAYER_CHANNELS, ExportSettings, LossSpec, export_key, file_sha256
 from .graphs import OPSET, Weights, build_features, build_loss_grad, build_tile_grad
+from .storage import round_to, save_graph, write_shared
 from .validate import DEFAULT_SIZES, SizeReport, validate_export
 
 
@@ -103,7 +104,10 @@ def export(
         settings = settings.replace(weights_sha256=w.sha256)
     folder = Path(out) if out is not None else default_export_dir(settings)
     spec = settings.spec
-    gw = Weights({k: v for k, v in w.convs.items()}, *w.preprocessing.affine())
+    # Rounded to the stored dtype first: graphs and the reference model then compute the same
+    # function, and validation holds both to fp32 limits.
+    w.convs = {k: (round_to(settings.weights_dtype, k_w), b) for k, (k_w, b) in w.convs.items()}
+    gw = Weights(dict(w.convs), *w.preprocessing.affine())
     say(f"building graphs up to {spec.deepest} ({w.source} weights, {spec.pooling} pooling)")
     graphs = {"features": build_features(spec, gw), "loss_grad": build_loss_grad(spec, gw)}
     if spec.guided:
@@ -115,13 +119,15 @@ def export(
     # export, and two exporters racing for one cache folder cannot interleave files.
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
+        stored = write_shared(graphs, _weight_names(gw), tmp, settings.weights_dtype)
+        manifest["weights"]["stored"] = {k: stored[k] for k in ("dtype", "sha256")}
         blob = json.dumps(manifest, sort_keys=True)
-        files = {}
+        files: dict[str, Any] = {WEIGHTS_FILE: {"bytes": stored["bytes"], "sha256": stored["sha256"]}}
         for graph, model in graphs.items():
             name = f"{graph}.onnx"
             assert name in GRAPHS + OPTIONAL_GRAPHS
             onnx.helper.set_model_props(model, {METADATA_KEY: blob})
-            onnx.save_model(model, str(tmp / name))
+            save_graph(model, tmp / name)
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(str(tmp / name))}
         manifest["files"] = files
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -138,6 +144,11 @@ def export(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(folder, manifest, reports, time.perf_counter() - t0)
+
+
+def _weight_names(w: Weights) -> set[str]:
+    """The initializers that hold VGG weights (the same names in every graph)."""
+    return {"prep_w", "prep_b", *(f"{n}_{k}" for n in w.convs for k in ("w", "b"))}
 
 
 def _commit(tmp: Path, folder: Path, overwrite: bool) -> None:

@@ -265,7 +265,7 @@ def _plain_style_terms(b: _Builder, spec: LossSpec, taps: dict[str, str], terms:
         tap_grads.setdefault(n, []).append(grad)
 
 
-def _backward(b: _Builder, spec: LossSpec, weights: Weights, taps: dict[str, str], tap_grads: TapGrads, masks: dict[str, Any]) -> str:
+def _backward(b: _Builder, spec: LossSpec, taps: dict[str, str], tap_grads: TapGrads, masks: dict[str, Any]) -> str:
     """∂loss/∂image through the network, deepest layer first. Each tap's gradient is built
     only when the chain reaches its layer, so the runtime computes (and holds) it late."""
     names = [name for name, *_ in LAYERS[: LAYER_INDEX[spec.deepest] + 1]]
@@ -278,11 +278,13 @@ def _backward(b: _Builder, spec: LossSpec, weights: Weights, taps: dict[str, str
         assert grad is not None, "the deepest layer is always tapped"
         below = taps[names[i - 1]] if i > 0 else taps["prep"]
         if name.startswith("conv"):
-            w, _ = weights.convs[name]
             # Input gradient of a stride-1, pad-1 conv = conv with the kernel flipped and
-            # in/out swapped; a plain Conv keeps onnxruntime's fastest kernels.
-            wt = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
-            grad = b.op("Conv", [grad, b.init(f"{name}_wT", wt)], f"{name}_bwd", pads=[1, 1, 1, 1])
+            # in/out swapped. The flipped kernel is computed in the graph from the forward's
+            # own initializer (engines fold it once at load), so the file holds each weight
+            # once; a plain Conv keeps the fastest kernels (ConvTranspose ran 1.4-2x slower
+            # in OpenVINO bf16 at 256-512 channels).
+            wt = _flipped(b, f"{name}_w", f"{name}_wT")
+            grad = b.op("Conv", [grad, wt], f"{name}_bwd", pads=[1, 1, 1, 1])
         elif name.startswith("relu"):
             grad = b.op("Where", [masks[name], grad, b.const(0.0)], f"{name}_bwd")
         elif spec.pooling == "max":
@@ -291,8 +293,14 @@ def _backward(b: _Builder, spec: LossSpec, weights: Weights, taps: dict[str, str
             grad = _avgpool_backward(b, below, grad)
     assert grad is not None
     # Through the preprocessing (a per-pixel affine map M): grad_x = Mᵀ grad.
-    mt = np.ascontiguousarray(weights.prep_m.T[:, :, None, None])
-    return b.op("Conv", [grad, b.init("prep_wT", mt)], "prep_bwd")
+    return b.op("Conv", [grad, b.named("Transpose", ["prep_w"], "prep_wT", perm=[1, 0, 2, 3])], "prep_bwd")
+
+
+def _flipped(b: _Builder, w: str, out: str) -> str:
+    """The adjoint kernel of a 3×3 conv: in/out channels swapped, both spatial axes reversed."""
+    lo = np.iinfo(np.int64).min
+    rev = b.op("Slice", [w, b.const([-1, -1], np.int64), b.const([lo, lo], np.int64), b.const([2, 3], np.int64), b.const([-1, -1], np.int64)])
+    return b.named("Transpose", [rev], out, perm=[1, 0, 2, 3])
 
 
 def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
@@ -312,7 +320,7 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
             tap_grads.setdefault(n, []).append(make)
     else:
         _plain_style_terms(b, spec, taps, terms, tap_grads)
-    grad_img = _backward(b, spec, weights, taps, tap_grads, masks)
+    grad_img = _backward(b, spec, taps, tap_grads, masks)
 
     terms["loss_tv"], tvg = _tv(b, spec)
     grad_img = b.op("Add", [grad_img, tvg])
@@ -364,7 +372,7 @@ def build_tile_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
         tap_grads.setdefault(n, []).append(lambda d=d, n=n: b.op("Mul", [d, f"content_scale_{n}"]))
     for n in spec.style_layers:
         tap_grads.setdefault(n, []).append(lambda n=n: _gram_backward(b, taps[n], n, guides[n], f"gramgrad_{n}"))
-    b.named("Identity", [_backward(b, spec, weights, taps, tap_grads, masks)], "grad")
+    b.named("Identity", [_backward(b, spec, taps, tap_grads, masks)], "grad")
     inputs = [_value_info(IMAGE, [1, 3, "H", "W"]), _value_info(GUIDE, ["R", 1, "H", "W"]), _value_info(INNER, [1, 1, "H", "W"])]
     inputs += [_value_info(k, v) for k, v in content.items()]
     inputs += [_value_info(f"content_scale_{n}", []) for n in spec.content_layers]
