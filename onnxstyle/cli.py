@@ -88,7 +88,7 @@ ModelsOpt = Annotated[Optional[Path], typer.Option(file_okay=False, help="export
 PresetOpt = Annotated[Optional[PresetName], typer.Option(help="loss definition", show_default="gatys, or what --models holds")]
 PoolingOpt = Annotated[Optional[Pooling], typer.Option(show_default=f"{SPEC.pooling}, or what --models holds")]
 WeightsOpt = Annotated[Optional[str], typer.Option(help="caffe, torchvision or a weights file", show_default="caffe, or what --models holds")]
-DeviceOpt = Annotated[Device, typer.Option(help="auto: TensorRT → CUDA → onnxruntime CPU")]
+DeviceOpt = Annotated[Device, typer.Option(help="auto: TensorRT → CUDA → OpenVINO → onnxruntime CPU")]
 DeviceIdOpt = Annotated[int, typer.Option(min=0, help="GPU index for cuda/tensorrt")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, show_default="one per physical core")]
 PrecisionOpt = Annotated[Precision, typer.Option(help="fp16: TensorRT half precision")]
@@ -584,7 +584,7 @@ def info() -> None:
 
         out.print(f"onnxruntime {onnxruntime.__version__}: {', '.join(avail.ort_providers)}")
     else:
-        out.print("onnxruntime: not installed (pip install 'onnxstyle[cpu]')")
+        out.print("onnxruntime: not installed (pip install 'onnxstyle[ort]')")
     out.print(openvino_line(avail))
     try:
         choice = select_backend(avail, EngineConfig())

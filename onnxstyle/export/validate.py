@@ -108,7 +108,7 @@ def _session(path: Path) -> Any:
     except ImportError as e:
         from ..errors import MissingDependencyError
 
-        raise MissingDependencyError("validation needs onnxruntime: pip install 'onnxstyle[cpu]'") from e
+        raise MissingDependencyError("validation needs onnxruntime: pip install 'onnxstyle[ort]'") from e
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -63,7 +63,7 @@ def import_ort() -> Any:
         import onnxruntime as ort
     except ImportError as e:
         raise MissingDependencyError(
-            "onnxruntime is not installed: pip install 'onnxstyle[cpu]' (or '[gpu]' for CUDA/TensorRT)"
+            "onnxruntime is not installed: pip install 'onnxstyle[ort]' (or '[gpu]' for CUDA/TensorRT)"
         ) from e
     return ort
 
@@ -142,7 +142,15 @@ def select_backend(avail: Availability, config: EngineConfig) -> BackendChoice:
     if device == "openvino":
         return _openvino_choice(avail, config, threads)
     if not avail.ort_providers:
-        raise MissingDependencyError("onnxruntime is not installed: pip install 'onnxstyle[cpu]' (or '[gpu]' for CUDA/TensorRT)")
+        if avail.openvino:  # reached only by an explicit --device: auto would have taken OpenVINO
+            raise MissingDependencyError(
+                f"--device {device} needs onnxruntime, which is not installed (OpenVINO is: --device openvino): "
+                "pip install 'onnxstyle[ort]' (or '[gpu]' for CUDA/TensorRT)"
+            )
+        raise MissingDependencyError(
+            "onnxruntime is not installed, nor OpenVINO: pip install 'onnxstyle[cpu]' (OpenVINO), "
+            "'onnxstyle[ort]' (onnxruntime's CPU) or 'onnxstyle[gpu]' (CUDA/TensorRT)"
+        )
     providers = select_providers(avail.ort_providers, device)
     precision = "fp32" if config.precision == "auto" else config.precision
     if precision == "fp16" and providers[0] != TRT:
