@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 from ..models.vgg import VGG19, reference_features, reference_loss_and_grad
 from ..spec import LossSpec
@@ -33,16 +34,40 @@ COSINE_MIN = 0.9999
 # Per backend and precision: (max error / max, gradient cosine). OpenVINO fp32 may pick
 # Winograd convolutions, whose rounding reached 8e-3 of the max on an AMD EPYC (1e-5 here): 1e-2.
 LIMITS = {"fp32": (REL_TOL, COSINE_MIN), "openvino fp32": (1e-2, COSINE_MIN)}
-# bf16 keeps 8 bits of mantissa, and how far 40 layers of it drift depends on the weights: the
-# reference itself run in bf16 (torch autocast) is off by 5-11% of the max with the Caffe weights
-# and 23-27% with random ones. OpenVINO's bf16 gradient is held to 1.3× what the reference's own
-# bf16 run shows (it measured 0.7-0.9×), which still fails a deep backward kernel scaled by 1.2
-# (1.6-3.3×; tests/test_foundation.py).
+# bf16 keeps 8 bits of mantissa, and how far 40 layers of it drift depends on the weights, the
+# size and the rounding draw. OpenVINO's bf16 run is held to what the reference itself shows in
+# bf16 on this machine: several draws of it (BF16_DRAWS: see _bf16_draws), each an equally valid
+# bf16 engine, and OpenVINO is one more draw. Its gradient may be off by BF16_SLACK × the largest
+# max error and the largest (1 - cosine) among the draws.
+#
+# Why several draws: the max error is one element's, and which element depends on which values
+# round up. Measured on an AMD EPYC (AVX512_BF16, no AMX; OpenVINO 2026.4), grad max err / max,
+# OpenVINO bf16 | torch autocast | the emulated draws (min-max of 6):
+#   Caffe      37x45: 0.064 | 0.052 | 0.039-0.061     64x51: 0.084 | 0.125 | 0.094-0.117
+#   random s3  37x45: 0.241 | 0.179 | 0.192-0.306     64x51: 0.176 | 0.174 | 0.173-0.236
+#   random s4  37x45: 0.166 | 0.201 | 0.182-0.271     64x51: 0.202 | 0.209 | 0.195-0.267
+# OpenVINO there is 0.67-1.35× autocast's one draw: the old limit (1.3× autocast) refused the
+# random weights (0.241 > 0.233). Against the largest draw it is 0.61-1.05× in max error and
+# 0.65-1.0× in (1 - cosine) (an average over every element, so steadier than the max); on Intel
+# with AMX it measured 0.7-0.9× of autocast alone. A deep backward kernel scaled by 1.2
+# (tests/test_foundation.py) puts OpenVINO bf16 at 0.242 (37x45) and 0.245 (64x51) with the Caffe
+# weights, against limits of 0.080 and 0.162 (before: 0.068 and 0.163): refused. With random
+# weights the same bug (0.24-0.30) is inside bf16's own noise (0.17-0.31), so no bf16 limit can
+# see it; fp32, OpenVINO's and onnxruntime's, refuses it there (0.16-0.20 > 1e-2).
 BF16_SLACK = 1.3
-# The loss is one scalar, so its error is a single draw rather than a max over thousands of
-# elements: at 37x45 OpenVINO's was 1.37× torch's bf16 error while its gradient was at 1.04×.
-# 2× covers that draw; a wrong layer or scale still shows in the gradient, held to 1.3×.
-BF16_LOSS_SLACK = 2.0
+# The emulated draws: the first on the image itself, the others on it nudged by noise of
+# BF16_NUDGE (a quarter of a bf16 step at 0.5), each against fp32 on its own image: every activation
+# then rounds another way, while the problem stays the same to 1e-3. (Rounding x·s for a random
+# s instead also rounded values that bf16 holds exactly, such as a guide of ones times a
+# feature map, and so over-stated the noise by up to 1.4×.) Seeded: validation is reproducible.
+BF16_DRAWS = 6
+BF16_NUDGE = 1e-3
+# The loss is one scalar, a single draw rather than a max over thousands of elements, and in bf16
+# its error is mostly the cancellation in (Gram - target), which the emulated draws model and
+# autocast does not (its loss error was up to 10× smaller than OpenVINO's): OpenVINO's was
+# 0.87-1.22× the largest draw's above (3e-3 to 2.4e-2 of the loss). 3× covers that one draw; a
+# wrong layer or scale still shows in the gradient, held to 1.3×.
+BF16_LOSS_SLACK = 3.0
 
 
 @dataclass
@@ -272,18 +297,118 @@ def _other_backends(folder: Path, model: VGG19, spec: LossSpec, h: int, w: int, 
     return checks
 
 
+@dataclass(frozen=True)
+class Bf16Draw:
+    """One bf16 run of the reference against the fp32 one: what bf16 itself costs here."""
+
+    grad_err: float  # max |grad - ref| / max |ref|
+    grad_cos_gap: float  # 1 - cosine(grad, ref)
+    loss_err: float  # |loss - ref| / |ref|
+
+
+def bf16_limits_from(draws: list[Bf16Draw]) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(loss limits, gradient limits) from the reference's own bf16 draws on this machine: the
+    worst draw, times the slack. Nothing here is a machine's number; a CPU whose bf16 is noisier
+    shows it in the draws."""
+    if not draws:
+        raise ValueError("bf16 limits need at least one draw of the reference")
+    cosine = 1.0 - BF16_SLACK * max(d.grad_cos_gap for d in draws)
+    grad = BF16_SLACK * max(d.grad_err for d in draws)
+    loss = BF16_LOSS_SLACK * max(d.loss_err for d in draws)
+    return (loss, cosine), (grad, cosine)
+
+
 def _bf16_limits(
     model: VGG19, spec: LossSpec, image: np.ndarray, targets: dict[str, torch.Tensor], ref_loss: float, ref_grad: np.ndarray
 ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """(loss limits, gradient limits): what bf16 arithmetic itself costs on these weights, from
-    the reference run under autocast."""
+    """(loss limits, gradient limits) for OpenVINO bf16, from the reference's bf16 draws."""
+    return bf16_limits_from(_bf16_draws(model, spec, image, targets, ref_loss, ref_grad))
+
+
+def _bf16_draws(
+    model: VGG19, spec: LossSpec, image: np.ndarray, targets: dict[str, torch.Tensor], ref_loss: float, ref_grad: np.ndarray,
+    count: int = BF16_DRAWS,
+) -> list[Bf16Draw]:
+    """The reference under torch autocast (torch's own bf16 kernels on this CPU), and ``count``
+    runs with every tensor stored in bf16 (:class:`Bf16Storage`), each against fp32 on its image."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss16, grad16, _ = reference_loss_and_grad(model, spec, torch.from_numpy(image), targets)
-    g = compare("torch bf16", "grad", image.shape[2:], grad16.float().numpy(), ref_grad, cosine=True)
-    loss_err = abs(loss16 - ref_loss) / max(abs(ref_loss), 1e-30)
-    cosine = 1.0 - BF16_SLACK * (1.0 - (g.cosine or 1.0))
-    scale = max(g.max_err, loss_err)
-    return (BF16_LOSS_SLACK * scale, cosine), (BF16_SLACK * scale, cosine)
+    draws = [_draw(loss16, grad16, ref_loss, ref_grad)]
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        x = image if i == 0 else np.clip(image + BF16_NUDGE * rng.standard_normal(image.shape), 0, 1).astype(np.float32)
+        fp32 = (ref_loss, ref_grad) if i == 0 else _numpy_grad(*reference_loss_and_grad(model, spec, torch.from_numpy(x), targets)[:2])
+        with Bf16Storage():
+            loss, grad, _ = reference_loss_and_grad(model, spec, torch.from_numpy(x), targets)
+        draws.append(_draw(loss, grad, *fp32))
+    return draws
+
+
+def _numpy_grad(loss: float, grad: torch.Tensor) -> tuple[float, np.ndarray]:
+    return loss, grad.numpy()
+
+
+def _draw(loss: float, grad: torch.Tensor, ref_loss: float, ref_grad: np.ndarray) -> Bf16Draw:
+    g = compare("torch bf16", "grad", ref_grad.shape[2:], grad.float().numpy(), ref_grad, cosine=True)
+    loss_err = abs(loss - ref_loss) / max(abs(ref_loss), 1e-30)
+    return Bf16Draw(g.max_err, 1.0 - (g.cosine if g.cosine is not None else 1.0), loss_err)
+
+
+def _round_bf16(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to bf16 (to nearest even), in fp32."""
+    return x.to(torch.bfloat16).float()
+
+
+class _StoreBf16(torch.autograd.Function):
+    """Identity that rounds its value to bf16 going forward and its gradient going back."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return _round_bf16(x)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        with torch._C.DisableTorchFunction():  # the backward's own ops are not the model's
+            return _round_bf16(g)
+
+
+# Ops whose output is some of their input's values, unchanged: an engine rounds nothing there.
+_EXACT = {"relu", "max_pool2d", "reshape", "view", "t", "transpose", "permute", "__getitem__", "flatten", "contiguous",
+          "expand", "squeeze", "unsqueeze", "cat", "stack", "clone"}
+
+
+class Bf16Storage(TorchFunctionMode):
+    """The reference as a "bf16 storage, fp32 accumulation" engine runs it: every tensor an op
+    reads or writes (the weights, the targets, each layer's and each loss step's output) rounded
+    to bf16, and in the backward every gradient at those points, while each op computes in fp32.
+    That is what OpenVINO's bf16 does on CPUs with AVX512_BF16 or AMX (its runtime model: the
+    convolutions, Gram MatMuls and fused eltwise subgraphs run bf16 in and out, accumulating in
+    fp32), and more than torch autocast rounds (autocast keeps mse_loss and its targets in fp32),
+    which is why autocast alone under-estimated OpenVINO's loss error by up to 10×."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stored: dict[int, torch.Tensor] = {}  # by id, kept alive so that no id is reused
+
+    def _store(self, t: Any, exact: bool = False) -> Any:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() == 0 or id(t) in self.stored:
+            return t  # scalars (the loss, its weights) stay fp32, as OpenVINO's Reduce outputs do
+        if not exact:
+            t = _StoreBf16.apply(t)
+        self.stored[id(t)] = t
+        return t
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name.startswith("__") and name not in _DUNDER_OPS:  # attribute reads, .shape, comparisons
+            return func(*args, **(kwargs or {}))
+        args = [self._store(a) for a in args]
+        kwargs = {k: self._store(v) for k, v in (kwargs or {}).items()}
+        return self._store(func(*args, **kwargs), exact=name in _EXACT)
+
+
+_DUNDER_OPS = {"__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__",
+               "__matmul__", "__pow__", "__neg__", "__getitem__"}
 
 
 def no_temporal_inputs(h: int, w: int) -> dict[str, np.ndarray]:
