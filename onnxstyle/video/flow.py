@@ -15,9 +15,21 @@ previous frame have no source at all and are unreliable too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
-import cv2
 import numpy as np
+
+from ..errors import MissingDependencyError
+
+
+def opencv() -> ModuleType:
+    """cv2, imported on first use: it comes with the video extra only (150 MB the lean
+    install leaves out), and the CLI imports this module for every command."""
+    try:
+        import cv2
+    except ImportError:
+        raise MissingDependencyError("video needs opencv for the optical flow: pip install 'onnxstyle[video]'") from None
+    return cv2
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,7 @@ class FlowConfig:
 
     # DIS preset: MEDIUM is the most accurate of OpenCV's three; flow costs milliseconds per
     # frame at the sizes stylization runs at, against seconds for the optimization.
-    preset: int = cv2.DISOPTICAL_FLOW_PRESET_MEDIUM
+    preset: int = 2  # cv2.DISOPTICAL_FLOW_PRESET_MEDIUM (cv2 is not imported until used)
     # The pyramid level DIS stops at: 0 = full resolution. MEDIUM's own 1 (half size) left a
     # 95th-percentile error of 0.03-0.14 px on known pans at 256x192, full resolution 0.001 px,
     # for 60 ms instead of 25 ms per frame pair (both directions) on 2 cores.
@@ -51,12 +63,13 @@ class Motion:
 def to_gray8(rgb: np.ndarray) -> np.ndarray:
     """RGB float in [0,1] (or uint8) → 8-bit grey, which DIS takes."""
     img = rgb if rgb.dtype == np.uint8 else np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+    cv2 = opencv()
     return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
 
 
 def dis_flow(source: np.ndarray, target: np.ndarray, config: FlowConfig = FlowConfig()) -> np.ndarray:
     """Dense flow from ``source`` to ``target`` (RGB or grey images of the same size)."""
-    dis = cv2.DISOpticalFlow.create(config.preset)
+    dis = opencv().DISOpticalFlow.create(config.preset)
     dis.setFinestScale(config.finest_scale)
     a = source if source.ndim == 2 and source.dtype == np.uint8 else to_gray8(source)
     b = target if target.ndim == 2 and target.dtype == np.uint8 else to_gray8(target)
@@ -75,6 +88,7 @@ def warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     ``flow`` is the backward flow. Outside the image the nearest edge pixel is used (those
     pixels are unreliable anyway and get zero weight)."""
     mx, my = _maps(flow)
+    cv2 = opencv()
     out = cv2.remap(np.ascontiguousarray(image, np.float32), mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(image.shape)
 

@@ -17,12 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from ..runtime.image_io import to_nchw
 from ..runtime.settings import RunSettings
-from .flow import FlowConfig, consistency, to_gray8, warp
+from .flow import FlowConfig, consistency, opencv, to_gray8, warp
 
 if TYPE_CHECKING:
     from ..runtime.api import Stylizer
@@ -46,7 +45,7 @@ def farneback(source: np.ndarray, target: np.ndarray, config: FarnebackConfig = 
     c = config
     a, b = to_gray8(source), to_gray8(target)
     flow = np.zeros((*a.shape, 2), np.float32)
-    flow = cv2.calcOpticalFlowFarneback(a, b, flow, c.pyr_scale, c.levels, c.winsize, c.iterations, c.poly_n, c.poly_sigma, 0)
+    flow = opencv().calcOpticalFlowFarneback(a, b, flow, c.pyr_scale, c.levels, c.winsize, c.iterations, c.poly_n, c.poly_sigma, 0)
     return np.asarray(flow, np.float32)
 
 

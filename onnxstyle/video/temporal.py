@@ -17,7 +17,7 @@ import numpy as np
 
 from ..runtime.image_io import from_nchw
 from ..runtime.settings import RunSettings
-from .flow import FlowConfig, motion, warp
+from .flow import FlowConfig, motion, opencv, warp
 
 if TYPE_CHECKING:  # scipy, under optimize, costs half a second of every CLI start
     from ..runtime.api import Stylizer
@@ -114,6 +114,8 @@ def stylize_frames(
     a frame already made (a resumed run) is not redone, and its output is loaded only when
     the next frame needs it as its previous one. ``previous`` seeds the first frame given
     (a chunk that starts inside a clip)."""
+    if video.temporal:
+        opencv()  # missing: say so before the first frame's minutes, not after them
     made: tuple[np.ndarray, Callable[[], np.ndarray]] | None = None
     for index, content, load in frames:
         if load is not None:
