@@ -142,7 +142,7 @@ def select_backend(avail: Availability, config: EngineConfig) -> BackendChoice:
     if device == "openvino":
         return _openvino_choice(avail, config, threads)
     if not avail.ort_providers:
-        if avail.openvino:  # reached only by an explicit --device: auto would have taken OpenVINO
+        if avail.openvino:  # an explicit --device (or fp16, which OpenVINO does not run): auto takes OpenVINO
             raise MissingDependencyError(
                 f"--device {device} needs onnxruntime, which is not installed (OpenVINO is: --device openvino): "
                 "pip install 'onnxstyle[ort]' (or '[gpu]' for CUDA/TensorRT)"
