@@ -92,7 +92,7 @@ def run_settings(
         preset, size=stage_sizes[-1] if stage_sizes else size, iterations=iterations, init=init,
         optimizer=optimizer.value if optimizer else None, preserve_color=preserve_color.value if preserve_color else None,
         scales=stage_sizes, scale_iterations=ints("--scale-iterations", scale_iterations),
-        style_blend=floats("--style-blend", style_blend), **explicit,
+        style_blend=floats("--style-blend", style_blend), shape_grid=True, **explicit,
     )
     settings.stages()  # a usage error now rather than in every worker
     return settings

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import Interrupted, ModelsError
 from .colour import luminance_image, match_histogram, match_luminance, recombine_luminance
 from ..contract import FEATURES, LOSS_GRAD, TILE_GRAD
+from .canvas import Canvas
 from .engine import Engine, TileGrad, no_temporal
 from .image_io import from_nchw, resize_longest, resize_to, to_nchw
 from .memory import default_budget, inputs_bytes
@@ -45,7 +46,8 @@ class Stylizer:
         self._exact: Engine | None = None
 
     def targets(
-        self, content: np.ndarray, styles: Sequence[np.ndarray], settings: RunSettings, side: int | None = None, regions: int = 0
+        self, content: np.ndarray, styles: Sequence[np.ndarray], settings: RunSettings, side: int | None = None, regions: int = 0,
+        canvas: Canvas | None = None,
     ) -> dict[str, np.ndarray]:
         """Content features of ``content`` and the Gram matrices of ``styles``.
 
@@ -53,12 +55,14 @@ class Stylizer:
         old plain export; 1: the blend as the single region of a guided export ([1,C,C]);
         R > 1: one region per style image ([R,C,C]), for ``masks``.
         """
-        ct = self.engine.features(to_nchw(content))
+        canvas = canvas or Canvas(content.shape[:2], content.shape[:2])
+        dynamic = canvas.snapped
+        ct = self.engine.features(canvas.pad(to_nchw(content)), dynamic=dynamic)
         targets = {k: v for k, v in ct.items() if k.startswith("content_")}
         side = max(32, round((side or settings.size) * settings.style_scale))
         grams = []
         for st in styles:
-            f = self.engine.features(to_nchw(resize_longest(st, side)))
+            f = self.engine.features(to_nchw(resize_longest(st, side)), dynamic=dynamic)
             grams.append({k: v.reshape(v.shape[-2:]) for k, v in f.items() if k.startswith("gram_")})
         if regions > 1:
             for k in grams[0]:
@@ -105,6 +109,8 @@ class Stylizer:
         Ctrl-C raises :class:`Interrupted` carrying the best result so far.
         """
         s = settings or RunSettings()
+        if temporal is not None:
+            s = s.replace(shape_grid=False)  # a video's frames share one shape already
         masks = list(masks) if masks else []
         self._check_inputs(styles, masks)
         held = inputs_bytes(
@@ -127,13 +133,21 @@ class Stylizer:
         try:
             for stage in plan.stages:
                 hw = (stage.height, stage.width)
+                canvas = Canvas(hw, stage.canvas or hw)
                 c = resize_to(work_content, *hw)
                 # Each stage starts from the previous result, upsampled (coarse-to-fine).
                 x0 = self.initial(c, styles, s, init_image) if x is None else to_nchw(resize_to(from_nchw(x), *hw))
-                objective = self._stage_objective(stage, c, styles, s, masks, temporal, objective_hook, on_tile)
+                objective = self._stage_objective(stage, c, styles, s, masks, temporal, objective_hook, on_tile, canvas)
                 offset = sum(r.evaluations for r in results)
-                cb = _staged(callback, offset, total, stage.index, len(plan.stages))
-                r = self._optimize(s.replace(optimizer=stage.optimizer, lbfgs_history=stage.history), x0, stage.evaluations, objective, cb)
+                cb = _staged(callback, offset, total, stage.index, len(plan.stages), canvas)
+                optimize = s.replace(optimizer=stage.optimizer, lbfgs_history=stage.history)
+                try:
+                    r = self._optimize(optimize, canvas.pad(x0), stage.evaluations, objective, cb)
+                except Interrupted as e:
+                    if isinstance(e.partial, Result):
+                        e.partial.image = canvas.crop(e.partial.image)
+                    raise
+                r.image = canvas.crop(r.image)
                 results.append(r)
                 x = r.image
                 if r.error:
@@ -157,23 +171,45 @@ class Stylizer:
             s = s.replace(tile="off")  # an older export: untiled, refused up front if too large
         budget = s.max_memory if s.max_memory is not None else default_budget()
         choice = self.engine.choice
-        return plan_run(self.engine.manifest.spec, content_hw, s, choice.backend, choice.precision, budget, inputs)
+        snap = s.shape_grid and choice.per_shape
+        return plan_run(self.engine.manifest.spec, content_hw, s, choice.backend, choice.precision, budget, inputs, snap)
 
     def _stage_objective(
         self, stage: StagePlan, content: np.ndarray, styles: Sequence[np.ndarray], s: RunSettings, masks: list[np.ndarray],
         temporal: tuple[np.ndarray, np.ndarray] | None, hook: ObjectiveHook | None, on_tile: TileProgress | None,
+        canvas: Canvas | None = None,
     ) -> Objective:
         hw = (stage.height, stage.width)
         regions = (len(masks) if len(masks) > 1 else 1) if self.engine.guided else 0
         if stage.tiles is None:
-            targets = self.targets(content, styles, s, side=stage.size, regions=regions)
+            canvas = canvas or Canvas(hw, hw)
+            # On a grid canvas every input shape varies with the photo: the features graph runs
+            # dynamic there (one compile for all), the loss graph on the canvas's static shape.
+            targets = self.targets(content, styles, s, side=stage.size, regions=regions, canvas=canvas)
             if self.engine.guided:
-                targets["guide"] = _guide(masks, hw)
-            targets.update(self._temporal(temporal, hw))
+                targets["guide"] = canvas.pad(_guide(masks, hw), mirror=False)
+            targets.update(self._temporal(temporal, canvas.canvas))  # snapped only without one
             # The targets exist: the features graph's session is not needed while optimizing.
             self.engine.release(FEATURES)
+            s = self._canvas_weights(s, canvas)
             return self._fallback(lambda engine: self._objective(targets, s, hook, engine), stage.fp32_fallback)
         return self._tiled_objective(stage, content, styles, s, masks, temporal, hook, on_tile)
+
+    def _canvas_weights(self, s: RunSettings, canvas: Canvas) -> RunSettings:
+        """On a grid canvas, the terms averaged over the canvas weigh canvas/photo area more, so
+        that against the style (measured on the photo alone) they balance as at the exact size."""
+        spec = self.engine.manifest.spec
+        if not canvas.snapped:
+            return s
+        defaults = self.engine.weight_defaults
+        changes = {}
+        if spec.content_reduction == "mean":
+            c = s.content_weight if s.content_weight is not None else defaults["content_weight"]
+            changes["content_weight"] = c * canvas.area_ratio
+        if spec.tv == "mean_sq":
+            t = s.tv_weight if s.tv_weight is not None else defaults["tv_weight"]
+            changes["tv_weight"] = t * canvas.area_ratio
+        return s.replace(**changes)
 
     def _fallback(self, make: Callable[[Engine], Objective], allowed: bool = True) -> Objective:
         """A bf16 engine's objective that can become fp32 when the optimizer stalls on it, where
@@ -375,14 +411,16 @@ class PrecisionFallback:
 
 
 def _staged(
-    callback: Callable[[Iterate], None] | None, offset: int, total: int, stage: int, stages: int
+    callback: Callable[[Iterate], None] | None, offset: int, total: int, stage: int, stages: int, canvas: Canvas | None = None,
 ) -> Callable[[Iterate], None] | None:
-    """Steps count across coarse-to-fine stages, so progress is one bar over the whole plan."""
+    """Steps count across coarse-to-fine stages, so progress is one bar over the whole plan;
+    the image handed on is the photo's region of a grid canvas."""
     if callback is None:
         return None
 
     def cb(it: Iterate) -> None:
-        callback(dataclasses.replace(it, step=it.step + offset, total=total, stage=stage, stages=stages))
+        image = canvas.crop(it.image) if canvas is not None else it.image
+        callback(dataclasses.replace(it, step=it.step + offset, total=total, stage=stage, stages=stages, image=image))
 
     return cb
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from ..errors import ResourceError
 from ..spec import LossSpec
+from .canvas import canvas_for
 from .image_io import fit_size
 from .memory import Estimate, estimate_stage
 from .settings import RunSettings
@@ -36,6 +37,8 @@ class StagePlan:
     # memory (a tiled stage's fp32 tile graphs ~2.3 GB more at 2048 px in 1024 px tiles), so
     # only where that estimate fits the budget too.
     fp32_fallback: bool = True
+    # The grid canvas (H, W) an untiled stage runs on (runtime/canvas.py); None: exactly hw.
+    canvas: tuple[int, int] | None = None
 
     @property
     def tiled(self) -> bool:
@@ -56,12 +59,14 @@ class RunPlan:
 
 def _stage(
     spec: LossSpec, index: int, size: int, hw: tuple[int, int], evaluations: int, s: RunSettings,
-    backend: str, precision: str, budget: int | None, inputs: int | None,
+    backend: str, precision: str, budget: int | None, inputs: int | None, snap: bool = False,
 ) -> StagePlan:
     h, w = hw
+    canvas = canvas_for(h, w) if snap else hw
 
     def est(tiles: TilePlan | None, optimizer: str, history: int, at: str = precision) -> Estimate:
-        return estimate_stage(spec, h, w, s, backend, at, tiles.largest if tiles else None, optimizer, history, inputs)
+        eh, ew = (h, w) if tiles else canvas
+        return estimate_stage(spec, eh, ew, s, backend, at, tiles.largest if tiles else None, optimizer, history, inputs)
 
     def fits(e: Estimate) -> bool:
         return budget is None or e.total <= budget
@@ -80,7 +85,8 @@ def _stage(
         if not fits(est(tiles, optimizer, history)):
             optimizer = "adam"
     fallback = precision == "fp32" or fits(est(tiles, optimizer, history, "fp32"))
-    return StagePlan(index, size, h, w, evaluations, tiles, optimizer, history, est(tiles, optimizer, history), fallback)
+    snapped = canvas if canvas != hw and tiles is None else None
+    return StagePlan(index, size, h, w, evaluations, tiles, optimizer, history, est(tiles, optimizer, history), fallback, snapped)
 
 
 def _auto_tiles(spec: LossSpec, h: int, w: int, ok: Callable[[TilePlan], bool]) -> TilePlan | None:
@@ -100,14 +106,15 @@ def _auto_tiles(spec: LossSpec, h: int, w: int, ok: Callable[[TilePlan], bool]) 
 
 def plan_run(
     spec: LossSpec, content_hw: tuple[int, int], settings: RunSettings, backend: str, precision: str, budget: int | None,
-    inputs: int | None = None,
+    inputs: int | None = None, snap: bool = False,
 ) -> RunPlan:
     """``inputs``: bytes of the run's inputs held whole (memory.inputs_bytes); None: a content
-    and a square style at each stage's size."""
+    and a square style at each stage's size. ``snap``: untiled stages run on the shape grid's
+    canvases (runtime/canvas.py), for engines that compile per shape."""
     stages = []
     for i, (size, evaluations) in enumerate(settings.stages(), start=1):
         hw = fit_size(content_hw[0], content_hw[1], size, settings.fit)
-        stages.append(_stage(spec, i, size, hw, evaluations, settings, backend, precision, budget, inputs))
+        stages.append(_stage(spec, i, size, hw, evaluations, settings, backend, precision, budget, inputs, snap))
     return RunPlan(tuple(stages), backend, precision, budget)
 
 

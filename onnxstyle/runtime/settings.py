@@ -114,6 +114,11 @@ class RunSettings:
     tile: str | int = "auto"
     # The memory budget in bytes; None: what is available less a margin (runtime/memory.py).
     max_memory: int | None = None
+    # Run each untiled stage on one of four grid canvases (runtime/canvas.py) on engines that
+    # compile per shape (OpenVINO, TensorRT): batch and the service see every aspect ratio and
+    # would compile and cache an engine per photo. Off for a single image, where snapping
+    # would cost up to a third more pixels to save one compile of about a second.
+    shape_grid: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 32:

@@ -92,7 +92,8 @@ def parse_settings(text: str | None, styles: int, export_preset: str, config: Se
         if explicit[key] is not None:
             explicit[key] = tuple(explicit[key])
     try:
-        settings = preset_run_settings(preset, adam_lr=remote.lr, **explicit)
+        # Users' photos come in every aspect ratio: the shape grid bounds the compiles and the cache.
+        settings = preset_run_settings(preset, adam_lr=remote.lr, shape_grid=True, **explicit)
         stages = settings.stages()
     except ValueError as e:
         raise ApiError(422, f"settings: {e}") from None

@@ -180,7 +180,7 @@ def video(
         preset_name, size, iterations, None, optimizer, preserve_color, None, None, style_blend,
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, temporal_weight=temporal_weight,
         style_scale=style_scale, seed=seed,
-    )
+    ).replace(shape_grid=False)  # every frame has the clip's one shape
     plan = ChunkPlan(chunk_frames, overlap) if ray or ray_address else None
     job = VideoJob(
         input, list(styles), output, settings, VideoSettings(temporal=temporal, later_iterations=later_iterations),
