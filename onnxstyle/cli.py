@@ -575,6 +575,7 @@ def sweep(
 def info() -> None:
     """Versions, backends and devices, and the exports in the cache."""
     from .contract import cache_root
+    from .runtime import cache as compiled_cache
     from .runtime.backends import available_backends, select_backend
 
     out.print(f"onnxstyle {__version__}, Python {sys.version.split()[0]}")
@@ -592,6 +593,7 @@ def info() -> None:
     except OnnxStyleError as e:
         out.print(f"selected (--device auto): none ({e})")
     root = cache_root() / "exports"
+    out.print(escape(compiled_cache.info_line()))
     out.print(f"export cache: {root}")
     found = sorted(p for p in root.glob("*") if (p / "manifest.json").is_file()) if root.is_dir() else []
     if not found:
@@ -606,6 +608,19 @@ def info() -> None:
             )
         except (OSError, ValueError, KeyError) as e:
             out.print(f"  {p.name}: unreadable manifest ({type(e).__name__})")
+
+
+@app.command()
+@handle_errors
+def cache(
+    action: Annotated[str, typer.Argument(help="show (the default) or clear")] = "show",
+    max_size: Annotated[Optional[str], typer.Option("--max", help="trim to this size now, e.g. 500M")] = None,
+) -> None:
+    """The compiled-model cache (OpenVINO blobs, TensorRT engines, onnxruntime's optimized
+    models): where it is and its size; `clear` empties it. Capped by ONNXSTYLE_CACHE_MAX (default 2G)."""
+    from .runtime import cache as compiled_cache
+
+    out.print(escape(compiled_cache.command(action, max_size)))
 
 
 def openvino_line(avail: Any) -> str:

@@ -39,11 +39,15 @@ METADATA_KEY = "onnxstyle.manifest"
 
 
 def cache_root() -> Path:
-    """Per-user cache: $ONNXSTYLE_CACHE, else $XDG_CACHE_HOME/onnxstyle, else ~/.cache/onnxstyle."""
+    """Per-user cache: $ONNXSTYLE_CACHE, else the platform's user cache folder (platformdirs:
+    $XDG_CACHE_HOME/onnxstyle or ~/.cache/onnxstyle on Linux, ~/Library/Caches/onnxstyle on
+    macOS, %LOCALAPPDATA%\\onnxstyle\\Cache on Windows)."""
     env = os.environ.get("ONNXSTYLE_CACHE")
     if env:
         return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "onnxstyle"
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("onnxstyle", appauthor=False))
 
 
 def default_export_dir(settings: ExportSettings) -> Path:

@@ -81,11 +81,12 @@ def test_physical_cores_is_sane() -> None:
     assert 1 <= n <= (os.cpu_count() or 1)
 
 
-def test_cpu_optimized_model_is_cached_beside_the_export(caffe_export: Path, tmp_path: Path) -> None:
+def test_cpu_optimized_model_is_cached_in_the_compiled_cache(caffe_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     import numpy as np
 
+    from onnxstyle.runtime import cache
     from onnxstyle.runtime.engine import Engine
     from onnxstyle.runtime.settings import EngineConfig
 
@@ -95,28 +96,40 @@ def test_cpu_optimized_model_is_cached_beside_the_export(caffe_export: Path, tmp
         t["guide"] = np.ones((1, 1, *x.shape[2:]), np.float32)
         return t
 
+    monkeypatch.setenv("ONNXSTYLE_CACHE", str(tmp_path / "cache"))
     models = tmp_path / "m"
-    shutil.copytree(caffe_export, models, ignore=shutil.ignore_patterns("optimized"))
+    shutil.copytree(caffe_export, models)
+    listing = sorted(p.name for p in models.iterdir())
     x = np.full((1, 3, 40, 48), 0.5, np.float32)
     cpu = EngineConfig(device="cpu")
     e = Engine(models, cpu)
     t = targets(e, x)
     first = e.loss_grad(x, t)
-    cached = sorted((models / "optimized").glob("*.onnx"))
-    assert [p.name.split(".")[0] for p in cached] == ["features", "loss_grad"]
-    # A second engine loads the optimized copies, and computes the same thing.
+
+    def cached() -> dict[str, Path]:
+        return {d.name.split("-")[0]: d / "model.onnx" for d in cache.compiled_root().glob("*-onnxruntime-fp32-*")}
+
+    copies = cached()
+    assert sorted(copies) == ["features", "loss_grad"] and all(p.is_file() for p in copies.values())
+    assert all((p.parent / "model.weights.bin").stat().st_size > 40 * 2**20 for p in copies.values())  # weights beside, not inline
+    assert sorted(p.name for p in models.iterdir()) == listing  # nothing written into the models folder
+    # A second engine loads the optimized copies (the same files, not made again), and computes the same thing.
+    inodes = {k: p.stat().st_ino for k, p in copies.items()}
     e2 = Engine(models, cpu)
     again = e2.loss_grad(x, targets(e2, x))
-    # Both runners found the cached optimized copy (nothing left to save).
-    assert all(r._cpu_model_path()[1] is None for r in e2._runners.values())
+    assert {k: p.stat().st_ino for k, p in cached().items()} == inodes
     assert again.loss == pytest.approx(first.loss, rel=1e-5)
     # A corrupt cached copy is dropped and rebuilt from the export, not an error.
-    cached[1].write_bytes(b"garbage")
-    import os
-
-    os.utime(cached[1], (2e9, 2e9))
+    copies["loss_grad"].write_bytes(b"garbage")
     e3 = Engine(models, cpu)
     assert e3.loss_grad(x, targets(e3, x)).loss == pytest.approx(first.loss, rel=1e-5)
+    assert copies["loss_grad"].stat().st_size > 1000
+    # A graph changed in place (same manifest) does not find the copy made from the old one.
+    import os
+
+    os.utime(models / "features.onnx")
+    Engine(models, cpu).features(x)
+    assert len(list(cache.compiled_root().glob("features-onnxruntime-fp32-*"))) == 2
 
 
 # ---- backend choice: one pure function over what the machine offers ----------------------------
@@ -175,24 +188,28 @@ def test_requests_that_cannot_be_met_are_errors(avail: Availability, config: Eng
         select_backend(avail, config)
 
 
-def test_openvino_compiled_models_are_cached_beside_the_export(caffe_export: Path, tmp_path: Path) -> None:
+def test_openvino_compiled_models_are_cached_in_the_compiled_cache(caffe_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
     import numpy as np
 
+    from onnxstyle.runtime import cache
     from onnxstyle.runtime.backends import openvino_info
     from onnxstyle.runtime.engine import Engine
 
     if not openvino_info()[0]:
         pytest.fail("OpenVINO is part of the cpu extra the tests install")
+    monkeypatch.setenv("ONNXSTYLE_CACHE", str(tmp_path / "cache"))
     models = tmp_path / "m"
-    shutil.copytree(caffe_export, models, ignore=shutil.ignore_patterns("optimized", "openvino-cache"))
+    shutil.copytree(caffe_export, models)
+    listing = sorted(p.name for p in models.iterdir())
     x = np.full((1, 3, 40, 48), 0.5, np.float32)
     first = Engine(models, EngineConfig(device="openvino", precision="fp32")).features(x)
-    blobs = sorted(p.name for p in (models / "openvino-cache").glob("*.blob"))
+    blobs = sorted(p.name for p in cache.compiled_root().glob("features-openvino-f32-*/*.blob"))
     assert blobs  # compiled once, stored
+    assert sorted(p.name for p in models.iterdir()) == listing  # and not in the models folder
     again = Engine(models, EngineConfig(device="openvino", precision="fp32")).features(x)
-    assert sorted(p.name for p in (models / "openvino-cache").glob("*.blob")) == blobs  # loaded, not recompiled
+    assert sorted(p.name for p in cache.compiled_root().glob("features-openvino-f32-*/*.blob")) == blobs  # loaded, not recompiled
     np.testing.assert_allclose(again["gram_relu3_1"], first["gram_relu3_1"], rtol=1e-6)
 
 

@@ -6,22 +6,20 @@ and on CPUs with native bf16 (AVX512_BF16, AMX) runs them in bf16 when asked
 
 * an ONNX initializer that is also a graph input (our loss weights) becomes a constant in
   OpenVINO; those are turned back into parameters so that a weight changes per run;
-* compiled models are cached (OpenVINO's ``CACHE_DIR``) beside the export, or in the
-  per-user cache when the export is read-only, so a second start skips compilation.
+* compiled models are cached (OpenVINO's ``CACHE_DIR``) in the per-user compiled cache
+  (:mod:`.cache`, bounded), never in the models folder, so a second start skips compilation
+  and a read-only models folder works.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..contract import cache_root
 from ..errors import MissingDependencyError, ModelsError, engine_message
+from . import cache
 
 _CORE: Any = None
 
@@ -47,24 +45,10 @@ def _read_onnx(path: Path) -> Any:
     return frontend.convert(frontend.load(str(path)))
 
 
-def cache_dir(folder: Path) -> Path:
-    """Compiled blobs beside the export when it is writable, else in the per-user cache."""
-    here = folder / "openvino-cache"
-    if os.access(folder, os.W_OK):
-        return here
-    return cache_root() / "openvino" / folder.resolve().as_posix().strip("/").replace("/", "_")
+def cache_key(folder: Path, graph: str, precision: str) -> cache.CacheKey:
+    import openvino as ov
 
-
-@contextmanager
-def _cache_lock(cache: Path) -> Iterator[None]:
-    with open(cache / ".lock", "a") as f:
-        try:
-            import fcntl
-
-            fcntl.flock(f, fcntl.LOCK_EX)
-        except ImportError:  # not POSIX: no lock, as before
-            pass
-        yield
+    return cache.CacheKey(cache.export_identity(folder, graph), "openvino", ov.__version__, precision)
 
 
 def weights_as_parameters(model: Any, defaults: dict[str, float]) -> None:
@@ -111,14 +95,12 @@ class OpenVinoRunner:
         except Exception as e:  # OpenVINO's GeneralFailure and kin are not RuntimeErrors
             first = engine_message(e)
             raise ModelsError(f"{src} cannot be loaded by OpenVINO ({first}); re-export with: {fix_hint}") from e
-        cache = cache_dir(folder)
-        cache.mkdir(parents=True, exist_ok=True)
-        config = {
-            "INFERENCE_PRECISION_HINT": "bf16" if choice.precision == "bf16" else "f32",
+        precision = "bf16" if choice.precision == "bf16" else "f32"
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": precision,
             "INFERENCE_NUM_THREADS": int(choice.threads),
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
-            "CACHE_DIR": str(cache),
             # Pinned, every process puts its threads on the first cores: two 1-thread workers
             # (batch, serve, Ray actors) then share core 0, at 0.22 s per evaluation each instead
             # of 0.105 s (256 px, bf16). One process on every core runs as fast unpinned.
@@ -126,9 +108,13 @@ class OpenVinoRunner:
         }
         # Names as the graph declares them: compilation may attach other names to a port.
         self.output_names = [o.get_any_name() for o in model.outputs]
-        with _cache_lock(cache):
-            # Two processes compiling into one cache at once fail in OpenVINO ("cannot set
-            # permissions"); the lock makes the second wait and then load the first's blob.
+        # Under the cache's lock: two processes compiling into one CACHE_DIR at once fail in
+        # OpenVINO ("cannot set permissions"), and no blob is evicted while being read.
+        # The thread count is in OpenVINO's blob hash: another count is another blob.
+        what = f"{cache.shape_name(shapes)};threads={int(choice.threads)}"
+        with cache.compiling(cache_key(folder, graph, precision), what) as cache_dir:
+            if cache_dir is not None:
+                config["CACHE_DIR"] = str(cache_dir)
             self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
         self._ports = dict(zip(self.output_names, self.compiled.outputs))

@@ -101,23 +101,23 @@ def profile_string(shapes: dict[str, tuple[int, ...]]) -> str:
     return ",".join(f"{name}:{'x'.join(str(d) for d in shape)}" for name, shape in shapes.items() if len(shape) > 0)
 
 
-def trt_options(cache_dir: Path, shapes: dict[str, tuple[int, ...]], fp16: bool = False, device_id: int = 0) -> dict[str, Any]:
+def trt_options(cache_dir: Path | None, shapes: dict[str, tuple[int, ...]], fp16: bool = False, device_id: int = 0) -> dict[str, Any]:
     """TensorRT options: engines cached on disk, one optimization profile pinned to this size.
 
     TensorRT needs a profile for *every* dynamic input (the image, the guide, the content
     targets whose size follows the image's, the per-region Gram targets), not only the
     image; scalar inputs (the loss weights) are static and left out. A profile pinned to
-    the size being optimized lets TensorRT pick kernels for it; the engine cache makes the
+    the size being optimized lets TensorRT pick kernels for it; the engine cache (a folder
+    of the per-user compiled cache, never the models folder; None: no cache) makes the
     second run at that size start in seconds, not minutes.
     """
     profile = profile_string(shapes)
+    cached = cache_dir is not None
     return {
         "device_id": device_id,
         "trt_fp16_enable": bool(fp16),
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": str(cache_dir),
-        "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": str(cache_dir),
+        "trt_engine_cache_enable": cached,
+        **({"trt_engine_cache_path": str(cache_dir), "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir)} if cached else {}),
         "trt_profile_min_shapes": profile,
         "trt_profile_opt_shapes": profile,
         "trt_profile_max_shapes": profile,
@@ -130,7 +130,7 @@ def cuda_options(device_id: int = 0) -> dict[str, Any]:
 
 
 def provider_options(
-    providers: Sequence[str], trt_cache: Path, shapes: dict[str, tuple[int, ...]], fp16: bool = False, device_id: int = 0
+    providers: Sequence[str], trt_cache: Path | None, shapes: dict[str, tuple[int, ...]], fp16: bool = False, device_id: int = 0
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for p in providers:
