@@ -13,7 +13,7 @@ import onnxstyle
 from onnxstyle.models.vgg import VGG19, gram
 from onnxstyle.runtime.api import Stylizer
 from onnxstyle.runtime.settings import RunSettings
-from onnxstyle.runtime.image_io import resize_longest, to_nchw
+from onnxstyle.runtime.image_io import resize_longest, resize_to, to_nchw
 from onnxstyle.runtime.optimize import Iterate
 from onnxstyle.spec import LossSpec
 
@@ -91,12 +91,12 @@ def test_init_modes(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray
     st = Stylizer(caffe_export)
     content = resize_longest(tubingen, 48)
     np.testing.assert_allclose(_first_image(st, s.replace(init="content"), tubingen, [starry]), content, atol=1e-6)
-    style_img = cv2.resize(starry, (48, 36), interpolation=cv2.INTER_AREA)
+    style_img = resize_to(starry, 36, 48)  # the runtime's one resizer
     np.testing.assert_allclose(_first_image(st, s.replace(init="style"), tubingen, [starry]), style_img, atol=1e-5)
     noise = _first_image(st, s.replace(init="noise"), tubingen, [starry])
     assert noise.shape == (36, 48, 3) and abs(noise.mean() - 0.5) < 0.05 and noise.std() > 0.25
     other = _first_image(st, s.replace(init="image"), tubingen, [starry], scream)
-    np.testing.assert_allclose(other, cv2.resize(scream, (48, 36), interpolation=cv2.INTER_AREA), atol=1e-5)
+    np.testing.assert_allclose(other, resize_to(scream, 36, 48), atol=1e-5)
 
 
 def test_seed_determinism_on_cpu(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
