@@ -225,11 +225,13 @@ print(rc, took, int(hwm) * 1024)
 
 
 def test_each_file_is_decoded_once_without_a_full_size_float_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
     big = cv2.resize(cv2.imread(str(CONTENT)), (4000, 3000), interpolation=cv2.INTER_LINEAR)
     cv2.imwrite(str(tmp_path / "big.png"), big)  # PNG: no reduced decoding possible
-    calls: list[int] = []
-    real = cv2.imdecode
-    monkeypatch.setattr(cv2, "imdecode", lambda buf, flags: calls.append(flags) or real(buf, flags))
+    calls: list[str] = []
+    real = Image._getdecoder  # every decode of pixel data makes one decoder (per tile)
+    monkeypatch.setattr(Image, "_getdecoder", lambda mode, name, *a: calls.append(name) or real(mode, name, *a))
     tracemalloc.start()
     rgb, _ = load_image(tmp_path / "big.png", max_side=256)
     _, peak = tracemalloc.get_traced_memory()
