@@ -259,10 +259,11 @@ class OrtRunner:
     def _load_cpu(self) -> Any:
         """The optimized model from the compiled cache, else optimized now and saved there.
 
-        Kept for what it saves with an export whose weights are external (weights.bin):
-        creating the features and loss_grad sessions took 0.27-0.63 s in a fresh process
-        (median 0.4 s, 2 threads), 0.04-0.09 s from the optimized copies; 0.43 s against 0.27
-        s with weights inline. The price is 150 MB of cache per export and CPU.
+        Kept for what it saves, measured on an export with the shared weights.bin (2 threads,
+        a fresh process each time): the features and loss_grad sessions took 0.40-0.45 s
+        from the export, 0.07-0.10 s from the optimized copies (lock and lookup included),
+        0.48-0.63 s the first time (optimize and save). About 0.35 s per start, for 150 MB
+        of cache per export and CPU (the weights, re-laid out, beside each optimized graph).
         """
         src = str(self.folder / f"{self.graph}.onnx")
         with cache.compiling(self._key("onnxruntime"), "optimized") as entry:

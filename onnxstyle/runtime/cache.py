@@ -181,26 +181,37 @@ def compiling(key: CacheKey, shape: str, cap: int | None = None) -> Iterator[Pat
     limit = max_bytes() if cap is None else cap  # a bad ONNXSTYLE_CACHE_MAX fails before compiling
     root = compiled_root()
     folder = root / key.folder_name()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = cache_lock(root)
-        lock.acquire()
-    except OSError:
-        lock = None
+    lock = _locked(root, folder, key)
     if lock is None:
         yield None
         return
     try:
-        if not (folder / ENTRY).is_file():
-            # The folder may have been evicted whole while we waited for the lock.
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / ENTRY).write_text(json.dumps(key.describe(), indent=1, sort_keys=True) + "\n")
         before = _snapshot(folder)
         yield folder
         _record_use(folder, shape, before)
         evict(limit, root)
     finally:
         lock.release()
+
+
+def _locked(root: Path, folder: Path, key: CacheKey) -> Any:
+    """The cache's lock, held, with ``folder`` made and described; None where the cache
+    cannot be written (read-only, full)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = cache_lock(root)
+        lock.acquire()
+    except OSError:
+        return None
+    try:
+        if not (folder / ENTRY).is_file():
+            # The folder may have been evicted whole while we waited for the lock.
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / ENTRY).write_text(json.dumps(key.describe(), indent=1, sort_keys=True) + "\n")
+    except OSError:
+        lock.release()
+        return None
+    return lock
 
 
 def _record_use(folder: Path, shape: str, before: dict[str, tuple[int, int, int]]) -> None:
@@ -307,12 +318,15 @@ def clear() -> int:
     root = compiled_root()
     if not root.is_dir():
         return 0
-    with cache_lock(root):
-        freed = _size(root)[0]
-        for d in root.iterdir():
-            if d.is_dir():
-                shutil.rmtree(d, ignore_errors=True)
-    return freed
+    try:
+        with cache_lock(root):
+            freed = _size(root)[0]
+            for d in root.iterdir():
+                if d.is_dir():
+                    shutil.rmtree(d, ignore_errors=True)
+    except OSError as e:
+        raise OnnxStyleError(f"cannot clear the compiled cache {root}: {e.strerror or e}") from None
+    return freed - _size(root)[0]
 
 
 def info_line() -> str:
@@ -337,7 +351,10 @@ def command(action: str, cap: str | None = None) -> str:
         root = compiled_root()
         freed = 0
         if root.is_dir():
-            with cache_lock(root):
-                freed = evict(limit, root)
+            try:
+                with cache_lock(root):
+                    freed = evict(limit, root)
+            except OSError as e:
+                raise OnnxStyleError(f"cannot trim the compiled cache {root}: {e.strerror or e}") from None
         said += f"trimmed {freed / 2**20:.0f} MiB to fit {limit / 2**20:.0f} MiB; "
     return said + info_line()
