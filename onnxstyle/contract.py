@@ -32,6 +32,9 @@ LOSS_GRAD = "loss_grad"
 # The second pass of exact tiled evaluation (format 3); older folders run untiled only.
 TILE_GRAD = "tile_grad"
 GRAPHS = (f"{FEATURES}.onnx", f"{LOSS_GRAD}.onnx")
+# Format 4: every graph reads its VGG weights from this one external-data file (each weight
+# stored once); older folders hold them inline in each graph.
+WEIGHTS_FILE = "weights.bin"
 OPTIONAL_GRAPHS = (f"{TILE_GRAD}.onnx",)
 # The manifest is also embedded in each graph under this key, so a graph copied on its
 # own still says what it computes.
@@ -65,6 +68,8 @@ def export_command(settings: ExportSettings | None = None, out: Path | str | Non
             cmd += f" --weights {settings.weights}"
         if settings.spec.pooling != "max":
             cmd += f" --pooling {settings.spec.pooling}"
+        if settings.weights_dtype != "fp32":
+            cmd += f" --weights-dtype {settings.weights_dtype}"
     if out is not None:
         cmd += f" --out {out}"
     return cmd
@@ -126,11 +131,13 @@ def read_manifest(folder: Path, fix: str = "onnxstyle export") -> Manifest:
             f"re-export with: {fix}"
         )
     listed = set(data.get("graphs", {}))
-    for g in GRAPHS + tuple(g for g in OPTIONAL_GRAPHS if g[: -len(".onnx")] in listed):
+    files = data.get("files", {}) if isinstance(data.get("files"), dict) else {}
+    needed = GRAPHS + tuple(g for g in OPTIONAL_GRAPHS if g[: -len(".onnx")] in listed)
+    for g in dict.fromkeys((*needed, *files)):
         gp = folder / g
         if not gp.is_file():
             raise ModelsError(f"{gp} is missing; re-export with: {fix}")
-        want = data.get("files", {}).get(g, {}).get("bytes")
+        want = files.get(g, {}).get("bytes")
         if want is not None and gp.stat().st_size != want:
             raise ModelsError(
                 f"{gp} has {gp.stat().st_size} bytes, the manifest says {want} (truncated or replaced); "

@@ -101,7 +101,7 @@ def test_two_masks_put_each_style_in_its_region(caffe_export: Path, tubingen: np
 
 def test_one_default_export_serves_masks_and_plain_runs(caffe_export: Path) -> None:
     m = json.loads((caffe_export / "manifest.json").read_text())
-    assert m["format_version"] == 3 and m["spec"]["guided"] is True
+    assert m["format_version"] == 4 and m["spec"]["guided"] is True
     names = {i["name"] for i in m["graphs"]["loss_grad"]["inputs"]}
     assert "guide" in names and "guide" in {i["name"] for i in m["graphs"]["features"]["inputs"]}
 

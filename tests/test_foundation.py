@@ -279,11 +279,28 @@ def test_progress_without_a_terminal_is_whole_lines(caffe_export: Path, tmp_path
 
 # ---- validation checks every output, collects every failure -------------------------------------------
 def _scale_initializer(path: Path, name: str, factor: float) -> None:
-    model = onnx.load(str(path))
-    for i, init in enumerate(model.graph.initializer):
-        if init.name == name:
-            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * factor, name))
-    onnx.save(model, str(path))
+    """A wrong export: the tensor ``name`` (a weight in weights.bin, or a kernel the graph derives
+    from one, such as the backward's flipped ``convN_wT``) scaled by ``factor``; the manifest's
+    byte counts are kept in step, so only validation can tell."""
+    model = onnx.load(str(path), load_external_data=False)
+    init = next((t for t in model.graph.initializer if t.name == name), None)
+    if init is not None:  # stored in the shared file: scale it there
+        info = {e.key: e.value for e in init.external_data}
+        blob = path.parent / info["location"]
+        data = bytearray(blob.read_bytes())
+        start, length = int(info.get("offset", 0)), int(info["length"])
+        values = np.frombuffer(bytes(data[start : start + length]), np.float32) * factor
+        data[start : start + length] = values.astype(np.float32).tobytes()
+        blob.write_bytes(bytes(data))
+        return
+    node = next(n for n in model.graph.node if name in n.output)
+    node.output[list(node.output).index(name)] = name + "_unscaled"
+    model.graph.initializer.append(numpy_helper.from_array(np.array(factor, np.float32), name + "_factor"))
+    model.graph.node.append(onnx.helper.make_node("Mul", [name + "_unscaled", name + "_factor"], [name]))
+    path.write_bytes(model.SerializeToString())  # the weights stay in the shared file
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    manifest["files"][path.name]["bytes"] = path.stat().st_size
+    (path.parent / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_validation_reports_every_wrong_output(caffe_export: Path, tmp_path: Path, caffe_weights) -> None:  # type: ignore[no-untyped-def]
@@ -303,8 +320,9 @@ def test_validation_reports_every_wrong_output(caffe_export: Path, tmp_path: Pat
     assert reports[0].ok() and len(reports[0].checks) == 26 + len(backends)
     assert len(backends) == (2 * (1 + bf16) if has_ov else 0)  # loss and gradient per precision
     # A wrong backward kernel: the gradient fails, on every backend and precision; every
-    # forward output and loss term still passes. (bf16 is held to 0.12 of the max: a deep
-    # kernel off by 20% is 0.17 off there, see export/validate.py.)
+    # forward output and loss term still passes. (bf16 is held to 1.3x the worst of the
+    # reference's own bf16 draws, about 0.08 of the max at 37x45 with these weights: a deep
+    # kernel off by 20% is 0.24 off there, see export/validate.py.)
     _scale_initializer(folder / "loss_grad.onnx", "conv4_1_wT", 1.2)
     (bad,) = validate_export(folder, model, LossSpec(), ((37, 45),))
     assert {c.name for c in bad.failures()} == {"grad"}
