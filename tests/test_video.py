@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from helpers import DATA, cli_env
-from video_helpers import pan, read_clip, run_cli_without, texture, write_clip
+from video_helpers import corner_colours, pan, quadrants, read_clip, run_cli_without, texture, write_clip
 
 from onnxstyle.runtime.engine import Engine
 from onnxstyle.runtime.image_io import load_image, resize_to, save_image, to_nchw
@@ -152,6 +152,38 @@ def test_frame_folder_in_natural_order_with_its_fps(tmp_path: Path) -> None:
     assert len(got) == 2 and np.abs(got[1] - frames[10]).max() < 1 / 255 + 1e-6
 
 
+# Clockwise from the top left, as quadrants() paints the upright card.
+UPRIGHT = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)]
+
+
+def _phone_clip(path: Path, degrees: int, height: int = 48, width: int = 32, frames: int = 3) -> np.ndarray:
+    """A portrait card stored turned by ``degrees`` clockwise with a display matrix saying
+    ``degrees`` counter-clockwise, as a phone stores a clip; returns the upright card."""
+    upright = quadrants(height, width)
+    stored = np.rot90(upright, -(degrees // 90))
+    write_clip(path, [stored] * frames, Fraction(24), rotation=degrees)
+    return upright
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_a_phone_clip_is_decoded_as_it_is_shown(tmp_path: Path, degrees: int) -> None:
+    import av
+
+    clip = tmp_path / f"phone{degrees}.mp4"
+    upright = _phone_clip(clip, degrees)
+    info = vio.probe(clip)
+    assert (info.width, info.height, info.turns, info.frames) == (32, 48, degrees // 90, 3)  # portrait stays portrait
+    frames = list(vio.read_frames(info, 48, 32))
+    assert len(frames) == 3 and frames[0].shape == (48, 32, 3) and frames[0].flags.c_contiguous
+    assert corner_colours(frames[0]) == UPRIGHT
+    assert np.abs(frames[2] - upright).mean() < 0.05
+    small = next(vio.read_frames(info, 24, 16))  # scaled on decode, then turned
+    assert small.shape == (24, 16, 3) and corner_colours(small) == UPRIGHT
+    with av.open(str(clip)) as c:  # the fallback for PyAV without frame.rotation reads the same turn
+        frame = next(c.decode(video=0))
+        assert round(vio._matrix_degrees(frame)) % 360 == frame.rotation % 360 == degrees % 360
+
+
 # ---- the command -----------------------------------------------------------------------------
 @pytest.fixture()
 def pan_clip(tmp_path: Path) -> Path:
@@ -175,6 +207,28 @@ def test_video_command_end_to_end_keeps_fps_and_audio(caffe_export: Path, pan_cl
     source = [f for f in vio.read_frames(vio.probe(pan_clip), 48, 64)]
     assert np.abs(frames[2] - source[2]).mean() > 0.03  # stylized, not a copy of the input
     assert not (tmp_path / ".styled.mp4.onnxstyle-frames").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("degrees", [90, 270])
+def test_video_command_writes_a_phone_clip_upright(caffe_export: Path, tmp_path: Path, degrees: int) -> None:
+    import av
+
+    clip = tmp_path / "phone.mp4"
+    upright = _phone_clip(clip, degrees, 96, 64)
+    out = tmp_path / "styled.mp4"
+    args = cli("video", str(clip), str(DATA / "starry_night.png"), "-o", str(out), "--size", "48", "--iterations", "2",
+               "--later-iterations", "1", "--models", str(caffe_export), "--device", "cpu", "--threads", "1")
+    r = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    assert "→ 32x48" in r.stderr  # width x height: portrait
+    frames, _, _, _ = read_clip(out)
+    assert len(frames) == 3 and frames[0].shape == (48, 32, 3)
+    with av.open(str(out)) as c:
+        assert next(c.decode(video=0)).rotation == 0  # written upright: no display matrix to obey
+    card = resize_to(upright, 48, 32)
+    # Two evaluations from the content leave the card's layout: closer upright than turned over.
+    assert np.abs(frames[0] - card).mean() < np.abs(frames[0] - np.rot90(card, 2)).mean()
 
 
 def _frames_in(folder: Path) -> dict[str, int]:

@@ -29,15 +29,21 @@ def pan(
     return [source[y0 + t * dy : y0 + t * dy + height, x0 + t * dx : x0 + t * dx + width].copy() for t in range(frames)]
 
 
-def write_clip(path: Path, frames: list[np.ndarray], fps: Fraction, audio: str | None = None, video_codec: str = "mpeg4") -> None:
+def write_clip(
+    path: Path, frames: list[np.ndarray], fps: Fraction, audio: str | None = None, video_codec: str = "mpeg4", rotation: int = 0
+) -> None:
     """A clip of ``frames`` at ``fps`` with, optionally, a 440 Hz tone in ``audio`` codec
-    (aac or pcm_s16le), written by PyAV independently of onnxstyle's writer."""
+    (aac or pcm_s16le), written by PyAV independently of onnxstyle's writer. ``rotation``:
+    degrees counter-clockwise in the display matrix, as a phone writes it (the frames are
+    stored as given; a player turns them by that much)."""
     import av
 
     h, w = frames[0].shape[:2]
     with av.open(str(path), "w") as out:
         vs = out.add_stream(video_codec, rate=fps)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        if rotation:
+            vs.set_display_matrix(display_matrix(rotation))
         vs.options = {"qscale": "2"} if video_codec == "mpeg4" else {}
         if audio:
             rate = 48000 if audio == "aac" else 16000
@@ -61,6 +67,15 @@ def write_clip(path: Path, frames: list[np.ndarray], fps: Fraction, audio: str |
         out.mux(vs.encode(None))
 
 
+def display_matrix(ccw_degrees: int) -> list[int]:
+    """The DISPLAYMATRIX side data of a counter-clockwise turn, computed as FFmpeg's
+    av_display_rotation_set(m, -ccw_degrees) does (its angle is clockwise; 16.16 fixed
+    point, the last entry 2.30), so the tests do not take the convention from PyAV."""
+    r = np.radians(ccw_degrees)
+    c, s = round(float(np.cos(r)) * 65536), round(float(np.sin(r)) * 65536)
+    return [c, -s, 0, s, c, 0, 0, 0, 1 << 30]
+
+
 def read_clip(path: Path) -> tuple[list[np.ndarray], Fraction, list[str], float]:
     """(frames RGB float32, fps, audio codec names, audio seconds) as PyAV reads them."""
     import av
@@ -82,3 +97,22 @@ def run_cli_without(module: str, argv: list[str], env: dict[str, str]) -> subpro
     """The CLI in a process where ``module`` (an optional extra) cannot be imported."""
     code = f"import sys\nsys.modules[{module!r}] = None\nsys.argv = {['onnxstyle', *argv]!r}\nfrom onnxstyle.cli import main\nmain()\n"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def quadrants(height: int, width: int) -> np.ndarray:
+    """An upright test card: red, green, blue and white quadrants clockwise from the top left,
+    so that any quarter turn or mirror of it is told apart by the colour in each corner."""
+    img = np.zeros((height, width, 3), np.float32)
+    h, w = height // 2, width // 2
+    img[:h, :w] = (1, 0, 0)
+    img[:h, w:] = (0, 1, 0)
+    img[h:, w:] = (0, 0, 1)
+    img[h:, :w] = (1, 1, 1)
+    return img
+
+
+def corner_colours(rgb: np.ndarray) -> list[tuple[int, int, int]]:
+    """The mean colour, rounded to 0/1 per channel, of each quadrant's centre, clockwise from the top left."""
+    h, w = rgb.shape[:2]
+    spots = [(h // 4, w // 4), (h // 4, 3 * w // 4), (3 * h // 4, 3 * w // 4), (3 * h // 4, w // 4)]
+    return [tuple(int(v > 0.5) for v in rgb[y - 1 : y + 2, x - 1 : x + 2].reshape(-1, 3).mean(axis=0)) for y, x in spots]

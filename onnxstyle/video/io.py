@@ -8,6 +8,12 @@ A video is read at the stylization size straight from the decoder (swscale's are
 so a 4K clip never exists in memory as full-size float frames. Output videos are written
 to a temporary file beside the target and renamed when complete: a half-written video is
 never left under the requested name.
+
+Phones store most clips landscape and say in a display matrix (the stream's side data) how
+to turn them for showing: a portrait clip is 1920x1080 pixels with a quarter turn. The
+turn is applied on decode, so frames are stylized as they are seen, and the output video
+is written upright with no display matrix: every player shows it the same way, and a
+portrait clip stays portrait.
 """
 
 from __future__ import annotations
@@ -74,6 +80,9 @@ class VideoInfo:
     height: int
     audio: bool
     folder: bool
+    # Quarter turns counter-clockwise (0-3) that show the decoded frames upright; width and
+    # height above are already those of the upright frames.
+    turns: int = 0
 
 
 def _av() -> Any:
@@ -119,7 +128,9 @@ def probe(path: Path, folder_fps: Fraction = Fraction(25), max_pixels: int = DEF
             fps = v.average_rate or v.guessed_rate or v.base_rate
             frames = v.frames or (round(float(c.duration / 1e6 * fps)) if c.duration and fps else 0)
             cc = v.codec_context
-            info = VideoInfo(path, Fraction(fps or 25), int(frames), cc.width, cc.height, bool(c.streams.audio), False)
+            turns = _turns(next(c.decode(v), None))
+            w, h = (cc.height, cc.width) if turns % 2 else (cc.width, cc.height)
+            info = VideoInfo(path, Fraction(fps or 25), int(frames), w, h, bool(c.streams.audio), False, turns)
     except av.error.FFmpegError as e:
         raise ImageError(f"{path}: not a video onnxstyle can read ({e})") from None
     if info.width * info.height > max_pixels:
@@ -139,13 +150,43 @@ def read_frames(info: VideoInfo, height: int, width: int, start: int = 0, max_pi
         with av.open(str(info.path)) as c:
             stream = c.streams.video[0]
             stream.thread_type = "AUTO"  # frame threads: decoding stays far below the optimization's cost
+            # A quarter turn swaps the sides: scale to the stored frame's shape, then turn.
+            h, w = (width, height) if info.turns % 2 else (height, width)
             for i, frame in enumerate(c.decode(stream)):
                 if i < start:
                     continue
-                rgb = frame.to_ndarray(width=width, height=height, format="rgb24", interpolation="AREA")
-                yield rgb.astype(np.float32) / 255.0
+                rgb = frame.to_ndarray(width=w, height=h, format="rgb24", interpolation="AREA")
+                # One copy, contiguous (a turned view is not; astype would keep its strides).
+                yield np.ascontiguousarray(np.rot90(rgb, info.turns), dtype=np.float32) / np.float32(255.0)
     except av.error.FFmpegError as e:
         raise ImageError(f"{info.path}: decoding failed ({e})") from None
+
+
+def _turns(frame: Any) -> int:
+    """Quarter turns counter-clockwise (0-3) that show a decoded frame upright, from its
+    display matrix; a rotation between quarter turns (never made by a camera) is rounded."""
+    if frame is None:
+        return 0
+    degrees = getattr(frame, "rotation", None)  # recent PyAV; older ones have the side data only
+    if degrees is None:
+        degrees = _matrix_degrees(frame)
+    return round(degrees / 90) % 4
+
+
+def _matrix_degrees(frame: Any) -> float:
+    """The counter-clockwise rotation of a frame's DISPLAYMATRIX side data, as FFmpeg's
+    av_display_rotation_get computes it (nine 16.16 fixed-point int32s, row-major)."""
+    try:
+        sd = frame.side_data.get("DISPLAYMATRIX")
+    except (AttributeError, KeyError, ValueError):
+        return 0.0
+    if sd is None:
+        return 0.0
+    m = np.frombuffer(bytes(sd), dtype=np.int32, count=9).astype(np.float64)
+    s0, s1 = np.hypot(m[0], m[3]), np.hypot(m[1], m[4])
+    if s0 == 0 or s1 == 0:
+        return 0.0
+    return -float(np.degrees(np.arctan2(m[1] / s1, m[0] / s0)))
 
 
 def frame_path(folder: Path, index: int) -> Path:
@@ -221,7 +262,8 @@ def write_video(
     frames_folder: Path, count: int, output: Path, fps: Fraction, audio_from: Path | None = None, enc: EncodeConfig = EncodeConfig()
 ) -> None:
     """Encode frames 0 … count-1 of a work folder into ``output`` at ``fps``, with the audio
-    of ``audio_from`` (cut to the video's length) when it has any; atomic."""
+    of ``audio_from`` (cut to the video's length) when it has any; atomic. The frames are
+    upright (the input's display matrix was applied on decode), so none is written."""
     av = _av()
     suffix = output.suffix.lower()
     first = read_frame(frames_folder, 0)
