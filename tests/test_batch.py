@@ -6,9 +6,13 @@ from __future__ import annotations
 import hashlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ from helpers import DATA, cli_env
 from video_helpers import run_cli_without
 
 from onnxstyle.batch.items import Tally, plan_items
+from onnxstyle import ray_address
 from onnxstyle.batch.pools import split_cores
 from onnxstyle.runtime.image_io import load_image, probe_image, read_png_text
 
@@ -172,3 +177,137 @@ def test_a_local_ray_cluster_runs_images_and_video_chunks_on_warm_actors(caffe_e
         signal.signal(signal.SIGALRM, old)
         if not existed:
             shutil.rmtree(copy, ignore_errors=True)
+
+
+# ---- Ray addresses that do not answer: one line, in the bound, before any work ----------------
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens: bound, then closed (connects are refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "text,for_ray,local",
+    [
+        ("", None, True),
+        ("local", None, True),
+        ("auto", "auto", False),
+        ("ray://head", "ray://head:10001", False),
+        ("ray://10.0.0.5:10002/", "ray://10.0.0.5:10002", False),
+        ("head", "head:6379", False),
+        ("head:7000", "head:7000", False),
+        ("[::1]:7000", "[::1]:7000", False),
+    ],
+)
+def test_ray_address_forms(text: str, for_ray: str | None, local: bool) -> None:
+    a = ray_address.parse(text)
+    assert (a.for_ray(), a.local) == (for_ray, local)
+
+
+@pytest.mark.parametrize("text", ["http://head:8265", "head:port", "head:70000", "ray://:10001"])
+def test_a_malformed_ray_address_is_refused_by_name(text: str) -> None:
+    with pytest.raises(ray_address.RayAddressError, match="expected ray://host:port"):
+        ray_address.parse(text)
+
+
+def test_the_option_wins_over_ray_address_in_the_environment() -> None:
+    assert ray_address.resolve("head:1", {"RAY_ADDRESS": "other:2"}).for_ray() == "head:1"
+    env = ray_address.resolve(None, {"RAY_ADDRESS": "ray://other:2"})
+    assert (env.for_ray(), env.source) == ("ray://other:2", "RAY_ADDRESS")
+    assert ray_address.resolve(None, {}).local
+
+
+def _listener(reply: bytes | None) -> Iterator[int]:
+    """A loopback server answering each connection with ``reply`` (None: silence, held open)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if reply is not None:
+                conn.sendall(reply)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield srv.getsockname()[1]
+    finally:
+        srv.close()
+        for c in held:
+            c.close()
+
+
+@pytest.fixture()
+def grpc_like() -> Iterator[int]:
+    yield from _listener(bytes([0, 0, 6, 4, 0, 0, 0, 0, 0]) + bytes(6))  # a SETTINGS frame, as gRPC's first words
+
+
+@pytest.fixture()
+def silent() -> Iterator[int]:
+    yield from _listener(None)
+
+
+@pytest.fixture()
+def not_grpc() -> Iterator[int]:
+    yield from _listener(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+
+def test_an_address_is_checked_in_its_bound(grpc_like: int, silent: int, not_grpc: int) -> None:
+    ray_address.check(ray_address.parse(f"127.0.0.1:{grpc_like}"), 2.0)  # a gRPC server answers: passed
+    for port, why in ((closed_port(), "connection refused"), (not_grpc, "not as a Ray head"), (silent, "no answer within 0.5 s")):
+        t0 = time.monotonic()
+        with pytest.raises(ray_address.RayAddressError, match=why) as e:
+            ray_address.check(ray_address.parse(f"ray://127.0.0.1:{port}"), 0.5)
+        assert time.monotonic() - t0 < 1.5
+        assert f"ray://127.0.0.1:{port} (--ray-address)" in str(e.value) and e.value.exit_code == 8
+
+
+def test_ray_workers_never_hand_ray_an_address_that_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from onnxstyle.batch.pools import RayWorkers
+
+    def no_init(*args: object, **kwargs: object) -> None:
+        raise AssertionError("ray.init was called")
+
+    monkeypatch.setattr(ray, "init", no_init)
+    port = closed_port()
+    with pytest.raises(ray_address.RayAddressError, match=f"127.0.0.1:{port}"):
+        RayWorkers(None, 1, None, f"127.0.0.1:{port}", timeout=0.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("command", ["batch", "video"])
+@pytest.mark.parametrize("via", ["option", "env"])
+def test_an_unreachable_ray_address_ends_the_command_in_one_line(inputs: Path, tmp_path: Path, command: str, via: str) -> None:
+    port = closed_port()
+    address = f"127.0.0.1:{port}"
+    env = cli_env()
+    env.pop("RAY_ADDRESS", None)
+    if command == "batch":
+        argv = ["batch", str(inputs), str(DATA / "starry_night.png"), "-o", str(tmp_path / "out")]
+    else:
+        clip = tmp_path / "clip.mp4"
+        clip.write_bytes(b"never decoded: the address is checked first")
+        argv = ["video", str(clip), str(DATA / "starry_night.png"), "-o", str(tmp_path / "out.mp4")]
+    if via == "option":
+        argv += ["--ray-address", address]
+    else:
+        env["RAY_ADDRESS"] = address
+        argv += ["--ray"]
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "onnxstyle.cli", *argv, "--ray-timeout", "2"], capture_output=True, text=True,
+                       env=env, timeout=60, check=False)
+    seconds = time.monotonic() - t0
+    assert r.returncode == 8, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and address in lines[0] and "connection refused" in lines[0], r.stderr
+    assert ("--ray-address" if via == "option" else "RAY_ADDRESS") in lines[0]
+    assert seconds < 2 + 20, seconds  # the bound, plus the interpreter's start on a loaded machine
+    assert not (tmp_path / "out").exists()  # nothing was made

@@ -53,6 +53,7 @@ from ..cli import (
     handle_errors,
 )
 from ..errors import Interrupted, OutputError
+from ..ray_address import DEFAULT_TIMEOUT as DEFAULT_RAY_TIMEOUT
 from ..runtime.image_io import DEFAULT_MAX_PIXELS, load_image, write_atomic
 from ..runtime.providers import Device
 from ..runtime.settings import RunSettings
@@ -74,6 +75,11 @@ RayAddressOpt = Annotated[
     Optional[str],
     typer.Option(help="a Ray cluster (ray://host:10001 or host:6379); implies --ray", show_default="RAY_ADDRESS, else a local Ray"),
 ]
+RayTimeoutOpt = Annotated[
+    float,
+    typer.Option(min=0.1, help="seconds a Ray address has to answer before the run ends with an error (checked before any work)"),
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="show Ray's own log lines and its workers' output")]
 
 
 def run_settings(
@@ -96,6 +102,14 @@ def run_settings(
     )
     settings.stages()  # a usage error now rather than in every worker
     return settings
+
+
+def check_ray_address(address: str | None, timeout: float) -> None:
+    """Fail in ``timeout`` seconds, in one line, on a Ray address (given or RAY_ADDRESS) that
+    does not answer: before the models are opened, not after minutes of Ray retrying."""
+    from .. import ray_address as ra
+
+    ra.check(ra.resolve(address), timeout)
 
 
 def load_styles(paths: list[Path], settings: RunSettings, max_pixels: int) -> list[Any]:
@@ -137,6 +151,8 @@ def batch(
     workers: WorkersOpt = None,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,
+    ray_timeout: RayTimeoutOpt = DEFAULT_RAY_TIMEOUT,
+    verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Stylize every image of INPUT_DIR into OUTPUT; outputs that exist are skipped (resume)."""
@@ -146,6 +162,8 @@ def batch(
         preset_name, size, iterations, init, optimizer, preserve_color, scales, scale_iterations, style_blend,
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, style_scale=style_scale, seed=seed, adam_lr=lr,
     )
+    if ray or ray_address:
+        check_ray_address(ray_address, ray_timeout)
     if output.resolve() == input_dir.resolve():
         raise fail(f"{output}: is the input folder; choose another output folder", EXIT_USAGE)
     items = plan_items(input_dir, output, f".{out_format.value}")
@@ -168,17 +186,22 @@ def batch(
         ModelsSource(str(stylizer.engine.folder), stylizer.engine.fix_hint), config, load_styles(styles, settings, max_pixels),
         settings, f".{out_format.value}", max_pixels, {"styles": [p.name for p in styles], "models": str(stylizer.engine.folder)},
     )
-    pool = _pool(spec, stylizer, len(todo), workers, threads, ray, ray_address)
+    ray_on = (ray_address, ray_timeout, verbose) if ray or ray_address else None
+    pool = _pool(spec, stylizer, len(todo), workers, threads, ray_on)
     _run(pool, todo, tally, say)
 
 
-def _pool(spec: WorkerSpec, stylizer: Any, items: int, workers: int | None, threads: int | None, ray: bool, address: str | None) -> Any:
+def _pool(
+    spec: WorkerSpec, stylizer: Any, items: int, workers: int | None, threads: int | None, ray: tuple[str | None, float, bool] | None
+) -> Any:
+    """Local processes, or Ray actors when ``ray`` is (address, timeout, verbose)."""
     from ..runtime.memory import available_bytes, estimate_run_bytes
     from ..runtime.providers import physical_cores
     from .pools import LocalWorkers, RayWorkers, split_cores
 
-    if ray or address:
-        return RayWorkers(spec, threads or 1, workers, address)
+    if ray is not None:
+        address, timeout, verbose = ray
+        return RayWorkers(spec, threads or 1, workers, address, timeout=timeout, verbose=verbose)
     side = spec.settings.stages()[-1][0]
     need = estimate_run_bytes(stylizer.engine.manifest.spec, side, side, spec.settings)
     have = available_bytes()

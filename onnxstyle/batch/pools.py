@@ -13,7 +13,6 @@ import json
 import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-import os
 import signal
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from types import TracebackType
 from typing import Any
 
 from ..contract import GRAPHS, MANIFEST
-from ..errors import MissingDependencyError
+from .. import ray_address
+from ..errors import MissingDependencyError, engine_message
 from ..runtime.providers import physical_cores
 from .worker import ModelsSource, Worker, WorkerSpec
 
@@ -141,23 +141,21 @@ def import_ray() -> Any:
 class RayWorkers:
     """Ray actors, each a warm :class:`Worker` with ``num_cpus`` = its engine's threads.
 
-    With no address (and no RAY_ADDRESS), Ray starts in this process on this machine and is
-    shut down at the end; the models folder and the inputs are then read by path. On a
-    cluster they travel through the object store: the models once, each input as its bytes.
+    With no address (and no RAY_ADDRESS, or ``local``), Ray starts in this process on this
+    machine and is shut down at the end; the models folder and the inputs are then read by
+    path. On a cluster they travel through the object store: the models once, each input as
+    its bytes. An address is checked first (:mod:`onnxstyle.ray_address`): one that does not
+    answer within ``timeout`` seconds is a one-line :class:`RayAddressError`, never a Ray retry loop.
     """
 
     def __init__(
-        self, spec: WorkerSpec, threads: int, workers: int | None, address: str | None = None, ship: bool | None = None
+        self, spec: WorkerSpec, threads: int, workers: int | None, address: str | None = None, ship: bool | None = None,
+        timeout: float = ray_address.DEFAULT_TIMEOUT, verbose: bool = False,
     ) -> None:
         self.ray = import_ray()
         self.started = False
         if not self.ray.is_initialized():
-            address = address or os.environ.get("RAY_ADDRESS") or None
-            if address:
-                self.ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-            else:
-                self.ray.init(num_cpus=physical_cores(), include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-                self.started = True
+            self.started = _init_ray(self.ray, ray_address.resolve(address), timeout, verbose)
         # Paths are read where they are when every node is this machine; else files travel.
         self.local = not ship if ship is not None else _single_machine(self.ray)
         if not self.local:
@@ -199,6 +197,21 @@ class RayWorkers:
             self.ray.kill(a)
         if self.started:
             self.ray.shutdown()
+
+
+def _init_ray(ray: Any, address: ray_address.RayAddress, timeout: float, verbose: bool) -> bool:
+    """Start or join Ray; True when started here (this process stops it at the end)."""
+    logs = ray_address.init_kwargs(verbose)
+    if address.local:
+        # "local" said outright: with address None, Ray would join a RAY_ADDRESS in the environment.
+        ray.init(address="local", num_cpus=physical_cores(), include_dashboard=False, **logs)
+        return True
+    ray_address.check(address, timeout)
+    try:
+        ray.init(address=address.for_ray(), **logs)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:  # what ray.init raises for a head it cannot join
+        raise ray_address.RayAddressError(f"Ray at {address.for_ray()} ({address.source}): {engine_message(e)}") from None
+    return False
 
 
 def _single_machine(ray: Any) -> bool:

@@ -6,7 +6,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NamedTuple, Optional
 
 import typer
 from rich.console import Console
@@ -49,6 +49,7 @@ from ..cli import (
     err,
     handle_errors,
 )
+from ..batch.command import DEFAULT_RAY_TIMEOUT, RayTimeoutOpt, VerboseOpt
 from ..errors import Interrupted
 from ..progress import PLAIN_INTERVAL, terms_text
 from ..runtime.image_io import DEFAULT_MAX_PIXELS
@@ -78,6 +79,15 @@ RayAddressOpt = Annotated[
 ChunkOpt = Annotated[int, typer.Option(min=2, help="--ray: frames per chunk")]
 OverlapOpt = Annotated[int, typer.Option(min=1, help="--ray: frames shared and cross-faded by neighbouring chunks")]
 WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="--ray: actors", show_default="cluster CPUs / --threads")]
+
+
+class RayOn(NamedTuple):
+    """Where chunks go with --ray: the address (None: RAY_ADDRESS, else local), the bound on
+    its answering, and whether Ray's own log lines are shown."""
+
+    address: str | None
+    timeout: float
+    verbose: bool
 
 
 class VideoProgress:
@@ -169,10 +179,12 @@ def video(
     chunk_frames: ChunkOpt = CHUNKS.length,
     overlap: OverlapOpt = CHUNKS.overlap,
     workers: WorkersOpt = None,
+    ray_timeout: RayTimeoutOpt = DEFAULT_RAY_TIMEOUT,
+    verbose: VerboseOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Stylize a video with temporal consistency; Ctrl-C keeps the frames done, a rerun resumes."""
-    from ..batch.command import run_settings
+    from ..batch.command import check_ray_address, run_settings
 
     say = printer(quiet)
     preset_name = preset.value if preset else models_preset(models) or "gatys"
@@ -182,6 +194,8 @@ def video(
         style_scale=style_scale, seed=seed,
     ).replace(shape_grid=False)  # every frame has the clip's one shape
     plan = ChunkPlan(chunk_frames, overlap) if ray or ray_address else None
+    if plan is not None:
+        check_ray_address(ray_address, ray_timeout)
     job = VideoJob(
         input, list(styles), output, settings, VideoSettings(temporal=temporal, later_iterations=later_iterations),
         max_frames=max_frames, folder_fps=Fraction(fps or 25).limit_denominator(1001), max_pixels=max_pixels, keep_frames=keep_frames,
@@ -202,7 +216,8 @@ def video(
     )
     if done:
         say(f"resuming: {len(done)} of {job.frames} frames already in {job.work}")
-    stats = _stylize(job, stylizer, plan, workers, threads, ray_address, quiet, say)
+    ray_on = RayOn(ray_address, ray_timeout, verbose)
+    stats = _stylize(job, stylizer, plan, workers, threads, ray_on, quiet, say)
     if job.to_video:
         say(f"assembling {job.output} …")
         job.assemble()
@@ -211,7 +226,7 @@ def video(
 
 
 def _stylize(
-    job: VideoJob, stylizer: Any, plan: ChunkPlan | None, workers: int | None, threads: int | None, address: str | None, quiet: bool,
+    job: VideoJob, stylizer: Any, plan: ChunkPlan | None, workers: int | None, threads: int | None, ray_on: RayOn, quiet: bool,
     say: Any,
 ) -> VideoStats:
     """Run the frames (sequentially here, or in chunks on Ray); Ctrl-C keeps the frames written."""
@@ -221,7 +236,7 @@ def _stylize(
             if plan is None:
                 with VideoProgress(err, job.frames, job.frames - missing, quiet) as view:
                     return job.run(stylizer, view)
-            return _on_ray(job, stylizer, plan, workers, threads, address, say)
+            return _on_ray(job, stylizer, plan, workers, threads, ray_on, say)
     except (Interrupted, KeyboardInterrupt) as e:
         left = len(job.missing())
         say(f"interrupted: {job.frames - left} of {job.frames} frames are in {job.work}; run the same command again to resume")
@@ -229,14 +244,14 @@ def _stylize(
 
 
 def _on_ray(
-    job: VideoJob, stylizer: Any, plan: ChunkPlan, workers: int | None, threads: int | None, address: str | None, say: Any
+    job: VideoJob, stylizer: Any, plan: ChunkPlan, workers: int | None, threads: int | None, ray_on: RayOn, say: Any
 ) -> VideoStats:
     from ..batch.pools import RayWorkers
     from ..batch.worker import ModelsSource, WorkerSpec
 
     models = ModelsSource(str(stylizer.engine.folder), stylizer.engine.fix_hint)
     spec = WorkerSpec(models, stylizer.engine.config, job.style_rgbs, job.settings)
-    with RayWorkers(spec, threads or 1, workers, address) as pool:
+    with RayWorkers(spec, threads or 1, workers, ray_on.address, timeout=ray_on.timeout, verbose=ray_on.verbose) as pool:
         split = f"{pool.split.workers} actors × {pool.split.threads} threads"
         say(f"on Ray: {split}, chunks of {plan.length} frames overlapping by {plan.overlap}")
         return job.run_chunks(pool, plan, say)
