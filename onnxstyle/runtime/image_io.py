@@ -236,8 +236,11 @@ def decode_image(
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: not an image onnxstyle can read ({e})") from None
     if max_side is not None:
-        # Still 8/16-bit, so no float copy at the input's full size ever exists.
-        raw = resize(raw, *fit_longest(raw.shape[0], raw.shape[1], max_side))
+        # Still 8/16-bit, so no float copy at the input's full size ever exists. The size
+        # comes from the header, not from a reduced decode (225x400 decoded at 1/4 is 57x100,
+        # which fits 96 px as 55x96, where the photo itself gives 54x96): every front end
+        # then agrees on the output's exact size.
+        raw = resize(raw, *fit_longest(*header.oriented, max_side))
     alpha = _to_float(raw[:, :, 3]) if raw.shape[2] == 4 else None
     rgb = _to_float(raw[:, :, :3])
     return np.ascontiguousarray(rgb), alpha
