@@ -17,9 +17,9 @@ from .colour import luminance_image, match_histogram, match_luminance, recombine
 from ..contract import FEATURES, LOSS_GRAD, TILE_GRAD
 from .canvas import Canvas
 from .engine import Engine, TileGrad, no_temporal
-from .image_io import from_nchw, resize_longest, resize_to, to_nchw
+from .image_io import from_nchw, resize, resize_longest, resize_to, to_nchw
 from .memory import default_budget, inputs_bytes
-from .optimize import Iterate, Objective, Result, adam, lbfgs, lbfgs32, lbfgs_rounds, torch_lbfgs
+from .optimize import Iterate, LbfgsMemory, Objective, Result, StopRule, adam, lbfgs, lbfgs32, lbfgs_rounds, torch_lbfgs
 from .plan import RunPlan, StagePlan, check_plan, plan_run
 from .tiling import TiledObjective, TileProgress, plan_tiles, tiled_features
 from .settings import EngineConfig, RunSettings
@@ -56,7 +56,9 @@ class Stylizer:
         R > 1: one region per style image ([R,C,C]), for ``masks``.
         """
         canvas = canvas or Canvas(content.shape[:2], content.shape[:2])
-        dynamic = canvas.snapped
+        # With the shape grid on, the photos' and styles' shapes vary from run to run: the
+        # features graph runs dynamic (one compile for all); the loss graph gets the canvas.
+        dynamic = settings.shape_grid
         ct = self.engine.features(canvas.pad(to_nchw(content)), dynamic=dynamic)
         targets = {k: v for k, v in ct.items() if k.startswith("content_")}
         side = max(32, round((side or settings.size) * settings.style_scale))
@@ -130,6 +132,7 @@ class Stylizer:
         total = s.total_evaluations()
         results: list[Result] = []
         x = None
+        memory: LbfgsMemory | None = None  # the previous stage's L-BFGS state (s.carry_mode())
         try:
             for stage in plan.stages:
                 hw = (stage.height, stage.width)
@@ -141,13 +144,19 @@ class Stylizer:
                 offset = sum(r.evaluations for r in results)
                 cb = _staged(callback, offset, total, stage.index, len(plan.stages), canvas)
                 optimize = s.replace(optimizer=stage.optimizer, lbfgs_history=stage.history)
+                window, tol = s.stop_rule(stage.index, len(plan.stages))
+                stop = StopRule(window, tol) if window else None
+                start = _carried(memory, s.carry_mode(), stage, results[-1].image.shape if results else None, canvas) if memory else None
+                memory = None  # the coarse pairs go before this stage allocates: its estimate has only its own
                 try:
-                    r = self._optimize(optimize, canvas.pad(x0), stage.evaluations, objective, cb)
+                    r = self._optimize(optimize, canvas.pad(x0), stage.evaluations, objective, cb, stop, start)
                 except Interrupted as e:
                     if isinstance(e.partial, Result):
                         e.partial.image = canvas.crop(e.partial.image)
                     raise
                 r.image = canvas.crop(r.image)
+                memory, r.memory = r.memory, None  # held here only until the next stage takes it
+                memory = memory if s.carry_mode() != "none" else None
                 results.append(r)
                 x = r.image
                 if r.error:
@@ -183,8 +192,6 @@ class Stylizer:
         regions = (len(masks) if len(masks) > 1 else 1) if self.engine.guided else 0
         if stage.tiles is None:
             canvas = canvas or Canvas(hw, hw)
-            # On a grid canvas every input shape varies with the photo: the features graph runs
-            # dynamic there (one compile for all), the loss graph on the canvas's static shape.
             targets = self.targets(content, styles, s, side=stage.size, regions=regions, canvas=canvas)
             if self.engine.guided:
                 targets["guide"] = canvas.pad(_guide(masks, hw), mirror=False)
@@ -347,12 +354,17 @@ class Stylizer:
         return objective
 
     def _optimize(
-        self, s: RunSettings, x0: np.ndarray, evaluations: int, objective: Objective, cb: Callable[[Iterate], None] | None
+        self, s: RunSettings, x0: np.ndarray, evaluations: int, objective: Objective, cb: Callable[[Iterate], None] | None,
+        stop: StopRule | None = None, memory: LbfgsMemory | None = None,
     ) -> Result:
+        """One stage's optimization; ``stop`` and ``memory`` (carried state) act on ``lbfgs`` only."""
         if s.optimizer == "lbfgs":
             fb = objective if isinstance(objective, PrecisionFallback) else None
             try:
-                r = lbfgs32(objective, x0, evaluations, history=s.lbfgs_history, callback=cb, on_stall=fb.upgrade if fb else None)
+                r = lbfgs32(
+                    objective, x0, evaluations, history=s.lbfgs_history, callback=cb, on_stall=fb.upgrade if fb else None,
+                    stop=stop, memory=memory,
+                )
             except Interrupted as e:
                 if fb is not None and isinstance(e.partial, Result):
                     e.partial.precision_switch = fb.switched_at
@@ -371,6 +383,33 @@ class Stylizer:
             return torch_lbfgs(objective, x0, evaluations, history=s.lbfgs_history, callback=cb)
         per_round = max(1, evaluations // max(1, s.rounds))
         return lbfgs_rounds(objective, x0, s.rounds, per_round, history=s.lbfgs_history, callback=cb)
+
+
+def _carried(
+    memory: LbfgsMemory, mode: str, stage: StagePlan, previous: tuple[int, ...] | None, canvas: Canvas,
+) -> LbfgsMemory | None:
+    """The previous stage's L-BFGS memory for this one (RunSettings.carry): its pairs resampled
+    to this stage's shape, or its inverse-Hessian scale only.
+
+    Only the scale where the pairs would not line up: a grid canvas pads the photo by a
+    different share at each size, and a tiled stage's state is budgeted by the plan (its
+    history may have shrunk; the scale costs nothing).
+    """
+    if mode == "none" or stage.optimizer != "lbfgs" or previous is None or not memory.scaled:
+        return None
+    old = (memory.s[0].size // 3) if memory.s else previous[2] * previous[3]
+    h, w = canvas.canvas
+    ratio = (h * w) / max(1, old)
+    if mode == "scale" or canvas.snapped or stage.tiled or not memory.s or memory.s[0].size != 3 * previous[2] * previous[3]:
+        return memory.carried(stage.history, ratio)
+    ph, pw = previous[2], previous[3]
+
+    def resample(v: np.ndarray) -> np.ndarray:
+        # Unclipped: a step and a gradient change are signed.
+        plane = resize(np.ascontiguousarray(v.reshape(3, ph, pw).transpose(1, 2, 0)), h, w)
+        return np.ascontiguousarray(plane.transpose(2, 0, 1), np.float32).ravel()
+
+    return memory.carried(stage.history, ratio, resample)
 
 
 def _first_switch(results: list[Result]) -> int | None:

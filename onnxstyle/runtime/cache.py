@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from ..contract import MANIFEST, cache_root
 from ..errors import OnnxStyleError
 
 ENV_MAX = "ONNXSTYLE_CACHE_MAX"
+ENV_LOG = "ONNXSTYLE_CACHE_LOG"
 # 2 GiB: one stylize at three scales compiles features and loss_grad per scale, about
 # 3 x (52 + 104) MB = 470 MB in OpenVINO blobs (tile_grad adds 104 MB), and onnxruntime's
 # optimized CPU copy is another 150 MB per export. 2 GiB keeps a few such runs (other sizes,
@@ -187,11 +189,27 @@ def compiling(key: CacheKey, shape: str, cap: int | None = None) -> Iterator[Pat
         return
     try:
         before = _snapshot(folder)
+        t0 = time.perf_counter()
         yield folder
-        _record_use(folder, shape, before)
+        wrote = _record_use(folder, shape, before)
+        _log_event(folder, shape, wrote, time.perf_counter() - t0)
         evict(limit, root)
     finally:
         lock.release()
+
+
+def _log_event(folder: Path, shape: str, wrote: list[str], seconds: float) -> None:
+    """One JSON line per compile or load to ``$ONNXSTYLE_CACHE_LOG``, if set: how an operator
+    (and benchmarks/shapes.py) counts the compiles a workload pays for, and their seconds."""
+    path = os.environ.get(ENV_LOG)
+    if not path:
+        return
+    event = {"folder": folder.name, "shape": shape, "compiled": bool(wrote), "files": wrote, "seconds": round(seconds, 4)}
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(event) + "\n")
+    except OSError:
+        pass
 
 
 def _locked(root: Path, folder: Path, key: CacheKey) -> Any:
@@ -214,7 +232,7 @@ def _locked(root: Path, folder: Path, key: CacheKey) -> Any:
     return lock
 
 
-def _record_use(folder: Path, shape: str, before: dict[str, tuple[int, int, int]]) -> None:
+def _record_use(folder: Path, shape: str, before: dict[str, tuple[int, int, int]]) -> list[str]:
     after = _snapshot(folder)
     written = sorted(k for k, v in after.items() if before.get(k, (None, None))[:2] != v[:2])
     # Read during this compile, where the file system keeps atime (strictatime, or relatime
@@ -232,6 +250,7 @@ def _record_use(folder: Path, shape: str, before: dict[str, tuple[int, int, int]
         except OSError:
             pass
     touch([folder / k for k in {*written, *read, *index.get(shape, [])}])
+    return written
 
 
 def evict(cap: int, root: Path | None = None) -> int:

@@ -104,7 +104,7 @@ def _serve_jobs(spec: WorkerSpec, conn: Connection) -> None:
 def _warm_up(stylizer: Any) -> None:
     """One tiny run builds both sessions, so the first job does not pay for it."""
     ramp = np.linspace(0.0, 1.0, 32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3)
-    stylizer.run(ramp, [ramp[::-1].copy()], RunSettings(size=32, iterations=1))
+    stylizer.run(ramp, [ramp[::-1].copy()], RunSettings(size=32, iterations=1, shape_grid=True))  # as the jobs run: the features graph dynamic
 
 
 def _describe(e: BaseException) -> str:
