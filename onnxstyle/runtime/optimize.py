@@ -50,6 +50,40 @@ class Result:
     error: str | None = None
     # The evaluation at which a bf16 run went on in fp32 (its line search stalled), if it did.
     precision_switch: int | None = None
+    # Why the run ended: "budget" (the cap), "converged" (the stop rule), "stalled", "error".
+    stopped: str = "budget"
+    # lbfgs32's memory at the end, for the next coarse-to-fine stage to start from (carry).
+    memory: "LbfgsMemory | None" = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class StopRule:
+    """Stop a stage once the best loss has stopped improving: when, over the last ``window``
+    evaluations, it fell by less than ``tol`` of itself. A fixed count spends the same
+    evaluations on a stage that converged after 60 as on one still falling at 300; the
+    budget stays the cap. ``window`` 0 or ``tol`` 0 disables the rule.
+
+    ``min_evaluations``: never before this many (the first evaluations of a stage can sit
+    on a plateau while the line search finds its scale).
+    """
+
+    window: int = 20
+    tol: float = 2e-3
+    min_evaluations: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.window > 0 and self.tol > 0
+
+    def converged(self, best: list[float]) -> bool:
+        """``best``: the best loss after each evaluation since the window was last reset."""
+        n = len(best)
+        if not self.active or n <= self.window or n < self.min_evaluations:
+            return False
+        old, new = best[n - 1 - self.window], best[n - 1]
+        if not (np.isfinite(old) and np.isfinite(new)):
+            return False
+        return old - new < self.tol * abs(old)
 
 
 class _Stop(Exception):
@@ -76,9 +110,17 @@ class _Tracker:
     best_terms: dict[str, float] = field(default_factory=dict)
     history: list[float] = field(default_factory=list)
     faults: int = 0
+    stop: StopRule | None = None
+    best_trace: list[float] = field(default_factory=list)  # best loss per evaluation, for ``stop``
+    stopped: str = "budget"
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         if self.step >= self.budget:
+            raise _Stop
+        if self.stop is not None and self.stop.converged(self.best_trace):
+            # Checked before the next evaluation, not after the last: the caller has used
+            # (and kept as best) everything evaluated so far.
+            self.stopped = "converged"
             raise _Stop
         img = x.reshape(self.shape).astype(np.float32, copy=False)
         loss, grad, terms = self.objective(img)
@@ -94,6 +136,7 @@ class _Tracker:
             else:
                 np.copyto(self.best, img)
             self.best_loss, self.best_terms = loss, terms
+        self.best_trace.append(self.best_loss)
         if self.callback is not None:
             self.callback(Iterate(self.step, loss, terms, time.perf_counter() - self.t0, img, self.best_loss))
         return loss, grad
@@ -104,6 +147,10 @@ class _Tracker:
         if not self.history or not np.isfinite(self.best_loss):
             return False
         return loss > max(self.spike_factor * self.best_loss, self.history[0])
+
+    def restart_window(self) -> None:
+        """The objective changed (bf16 → fp32): its losses are not comparable with the old."""
+        self.best_trace = []
 
     def interrupted(self, x0: np.ndarray, cause: KeyboardInterrupt) -> Interrupted:
         """The interrupt to raise: the best result so far, and what interrupted it."""
@@ -121,6 +168,7 @@ class _Tracker:
             self.faults,
             self.history,
             error,
+            stopped="error" if error else self.stopped,
         )
 
 
@@ -197,18 +245,23 @@ def lbfgs(
     return track.result(x0, error=error)
 
 
-class _History:
-    """L-BFGS curvature pairs in float32: 8 bytes per pixel per pair instead of scipy's 16."""
+class LbfgsMemory:
+    """L-BFGS curvature pairs in float32: 8 bytes per pixel per pair instead of scipy's 16.
 
-    def __init__(self, size: int) -> None:
+    ``scaled``: ``gamma`` (the initial inverse-Hessian scale, sᵀy/yᵀy) is known, carried
+    from a coarser stage, so a first step may take it instead of a guessed pixel move.
+    """
+
+    def __init__(self, size: int, gamma: float = 1.0, scaled: bool = False) -> None:
         self.size = size
         self.s: list[np.ndarray] = []
         self.y: list[np.ndarray] = []
         self.rho: list[float] = []
-        self.gamma = 1.0
+        self.gamma = gamma
+        self.scaled = scaled
 
     def clear(self) -> None:
-        self.s, self.y, self.rho, self.gamma = [], [], [], 1.0
+        self.s, self.y, self.rho, self.gamma, self.scaled = [], [], [], 1.0, False
 
     def add(self, s: np.ndarray, y: np.ndarray) -> None:
         sy, yy = float(np.dot(s, y)), float(np.dot(y, y))
@@ -221,6 +274,7 @@ class _History:
         self.y.append(y)
         self.rho.append(1.0 / sy)
         self.gamma = sy / yy
+        self.scaled = True
 
     def direction(self, g: np.ndarray, free: np.ndarray) -> np.ndarray:
         """-H·g on the free variables (two-loop recursion), zero on the active bounds."""
@@ -235,6 +289,26 @@ class _History:
             q += np.float32(alpha[i] - beta) * self.s[i]
         q[~free] = 0
         return q
+
+    def carried(self, size: int, ratio: float, resample: Callable[[np.ndarray], np.ndarray] | None = None) -> "LbfgsMemory":
+        """This memory for the next, finer stage of ``ratio`` × the pixels and ``size`` pairs.
+
+        The losses are means over pixels, so a pixel's gradient (and the Hessian) shrinks as
+        1/pixels and the inverse-Hessian scale γ grows with ``ratio``. With ``resample`` (a
+        flat coarse image → a flat fine one) the pairs go too: s resampled, y resampled and
+        divided by ``ratio``, which keeps each pair's sᵀy; without it only γ is carried.
+        """
+        out = LbfgsMemory(size, self.gamma * ratio, self.scaled)
+        if resample is None:
+            return out
+        for s, y in list(zip(self.s, self.y))[-size:]:
+            out.add(resample(s), resample(y) / np.float32(ratio))
+        if not out.s:  # every resampled pair lost its positive curvature: the scale alone
+            out.gamma, out.scaled = self.gamma * ratio, self.scaled
+        return out
+
+
+_History = LbfgsMemory  # the old private name
 
 
 def _free(x: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -270,6 +344,8 @@ def lbfgs32(
     max_faults: int = 5,
     on_stall: Callable[[], bool] | None = None,
     patience: int = 30,
+    stop: StopRule | None = None,
+    memory: LbfgsMemory | None = None,
 ) -> Result:
     """Projected L-BFGS with the pixels bounded to [0, 1], all state in float32.
 
@@ -284,9 +360,14 @@ def lbfgs32(
     ``on_stall``: called when the line search fails or the best loss has not improved for
     ``patience`` evaluations; returning True means the objective became more exact (bf16 →
     fp32), and the run goes on from the best image with a fresh memory.
+
+    ``stop``: end the run early once the loss has stopped improving (:class:`StopRule`);
+    ``evaluations`` stays the cap. ``memory``: start from these pairs and scale (a coarser
+    stage's, :meth:`LbfgsMemory.carried`) instead of an empty memory. The memory at the end
+    is handed back in ``Result.memory``.
     """
-    track = _Tracker(objective, evaluations, callback, x0.shape, spike_factor=np.inf)
-    mem = _History(history)
+    track = _Tracker(objective, evaluations, callback, x0.shape, spike_factor=np.inf, stop=stop)
+    mem = memory if memory is not None else LbfgsMemory(history)
     error = None
     x = np.clip(x0.astype(np.float32).ravel(), 0.0, 1.0)
     f, g = 0.0, x  # set by the first evaluation
@@ -317,6 +398,7 @@ def lbfgs32(
                         # A more exact objective: its losses are not comparable with the old ones.
                         x = (track.best if track.best is not None else x0).astype(np.float32).ravel().copy()
                         track.best_loss, failures, evaluate = float("inf"), 0, True
+                        track.restart_window()
                         mem.clear()
                         continue
                     if stalled:
@@ -324,6 +406,7 @@ def lbfgs32(
                 failures += 1
                 mem.clear()
                 if failures >= 3:  # three fresh starts without progress: converged
+                    track.stopped = "stalled"
                     break
                 continue
             failures = 0
@@ -340,11 +423,13 @@ def lbfgs32(
         pass
     except KeyboardInterrupt as e:
         raise track.interrupted(x0, e) from e
-    return track.result(x0, error=error)
+    result = track.result(x0, error=error)
+    result.memory = mem
+    return result
 
 
 def _lbfgs_step(
-    track: _Tracker, mem: _History, x: np.ndarray, f: float, g: np.ndarray
+    track: _Tracker, mem: LbfgsMemory, x: np.ndarray, f: float, g: np.ndarray
 ) -> tuple[np.ndarray, float, np.ndarray, float, np.ndarray] | None:
     """One L-BFGS step: (x, f, g, t, direction) at the accepted point, None if none was found."""
     free = _free(x, g)
@@ -352,8 +437,15 @@ def _lbfgs_step(
     if float(np.dot(g, d)) >= 0:  # not a descent direction: start the memory afresh
         mem.clear()
         d = np.where(free, -g, np.float32(0))
-    # A fresh memory's first step moves the largest pixel by 10/255; then L-BFGS's own scale.
-    t = 1.0 if mem.s else min(1.0, 0.04 / max(float(np.abs(d).max()), 1e-12))
+    # A fresh memory's first step moves the largest pixel by 10/255; then L-BFGS's own scale
+    # (also a carried one: the direction is already γ-scaled). Capped at the same 10/255
+    # while no pair of this stage exists yet: a carried scale is an estimate from another size.
+    if mem.s:
+        t = 1.0
+    elif mem.scaled:
+        t = min(1.0, 0.04 / max(float(np.abs(d).max()), 1e-12)) if float(np.abs(d).max()) > 0.04 else 1.0
+    else:
+        t = min(1.0, 0.04 / max(float(np.abs(d).max()), 1e-12))
     found = _projected_search(track, x, f, g, d, t)
     return None if found is None else (*found, d)
 

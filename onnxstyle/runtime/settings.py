@@ -16,6 +16,14 @@ from typing import Any
 
 from ..spec import canonical_preset, preset_spec
 
+# Evaluations per stage of an explicit schedule given no --iterations (--scales alone): the
+# fixed count every stage had before the pyramid.
+FIXED_ITERATIONS = 300
+# The stop rule's defaults for the pyramid (RunSettings.stop_rule).
+STOP_WINDOW = 20
+STOP_TOL = 2e-3
+STOP_TOL_COARSE = 5e-3
+
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 OPTIMIZERS = ("lbfgs", "lbfgs-b", "torch-lbfgs", "adam", "keras-lbfgs")
@@ -57,9 +65,11 @@ class RunSettings:
     # Longest side of the output. 512 px is what Gatys et al. and neural-style showcase;
     # the cost per evaluation grows with the pixel count.
     size: int = 512
-    # Gradient evaluations per stage (the unit of cost). L-BFGS reaches a converged-looking
-    # image in 300-500 at 512 px; more refines texture only slightly.
-    iterations: int = 300
+    # Gradient evaluations per stage (the unit of cost). None: the default pyramid (see
+    # stages()), whose stages end when the loss stops improving, each at most its own cap. A
+    # number: that many in every stage, the fixed schedule of old (FIXED_ITERATIONS without
+    # one but with --scales); the stop rule is then off unless stop_tol/stop_window are given.
+    iterations: int | None = None
     # None: the export's default (gatys: content 1, style 20, TV 0). The gatys losses are
     # relative errors, so these balance the same way at every size and for both weights.
     content_weight: float | None = None
@@ -109,6 +119,26 @@ class RunSettings:
     # reference's loss in 70 s against 93 s for one stage (torch: 457 s;
     # benchmarks/results/time_to_quality.md), and the coarse stage gets cheaper with size.
     coarse_to_fine_above: int = 512
+    # The default pyramid (no --scales, no --iterations): from about pyramid_start px up to the
+    # size in steps of √2, so most evaluations run where they are cheap (a 128 px evaluation
+    # costs 1/16 of a 512 px one) and each stage starts from the coarser one's converged image.
+    pyramid_start: int = 128
+    # Evaluation caps of the pyramid: each coarse stage, and the output-size stage. The stop
+    # rule usually ends a stage before its cap; the cap bounds the time of a slow convergence.
+    pyramid_coarse_iterations: int = 120
+    pyramid_final_iterations: int = 200
+    # The stop rule (optimize.StopRule): a stage ends when its best loss fell by less than
+    # stop_tol (relative) over the last stop_window evaluations. None: on for the default
+    # pyramid (window 20, tol 0.002 at the output size, 0.005 on coarse stages, where the
+    # next stage refines anyway), off for an explicit --iterations/--scales (exactly that
+    # many evaluations, as before). 0 disables either.
+    stop_window: int | None = None
+    stop_tol: float | None = None
+    # L-BFGS state handed from one coarse-to-fine stage to the next: "pairs" (the curvature
+    # pairs resampled to the finer size, and the inverse-Hessian scale), "scale" (the scale
+    # only), "none" (each stage starts with an empty memory, as before). None: "pairs" for
+    # the default pyramid, "none" for an explicit schedule.
+    carry: str | None = None
     # Exact tiled evaluation (runtime/tiling.py): "auto" tiles a stage only when its untiled
     # estimate exceeds the memory budget, "off" never, a number is the inner tile side in px.
     tile: str | int = "auto"
@@ -123,8 +153,14 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.size < 32:
             raise ValueError(f"size {self.size}: must be at least 32 px")
-        if self.iterations < 1:
+        if self.iterations is not None and self.iterations < 1:
             raise ValueError("iterations must be at least 1")
+        if self.carry not in (None, "pairs", "scale", "none"):
+            raise ValueError(f"carry {self.carry!r}: choose pairs, scale or none")
+        if (self.stop_window is not None and self.stop_window < 0) or (self.stop_tol is not None and not 0 <= self.stop_tol < 1):
+            raise ValueError("stop-window must be ≥ 0 and stop-tol in [0, 1)")
+        if self.pyramid_start < 32 or min(self.pyramid_coarse_iterations, self.pyramid_final_iterations) < 1:
+            raise ValueError("pyramid-start must be ≥ 32 px and the pyramid's caps ≥ 1")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
         if self.preserve_color not in (None, "luminance", "histogram"):
@@ -145,19 +181,46 @@ class RunSettings:
     def replace(self, **changes: Any) -> "RunSettings":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def pyramid(self) -> bool:
+        """Whether the default pyramid plans the run (no explicit --scales or --iterations)."""
+        return not self.scales and self.iterations is None
+
     def stages(self) -> list[tuple[int, int]]:
-        """(longest side, evaluations) per coarse-to-fine stage; the last size is the output's."""
+        """(longest side, evaluations) per coarse-to-fine stage; the last size is the output's.
+        With the stop rule on, a stage's evaluations are its cap."""
+        if self.pyramid:
+            sizes = pyramid_sizes(self.size, self.pyramid_start)
+            return [(n, self.pyramid_coarse_iterations) for n in sizes[:-1]] + [(self.size, self.pyramid_final_iterations)]
+        iterations = self.iterations or FIXED_ITERATIONS
         if not self.scales:
             if self.coarse_to_fine_above and self.size > self.coarse_to_fine_above:
-                return [(self.size // 2, max(1, self.iterations // 2)), (self.size, self.iterations)]
-            return [(self.size, self.iterations)]
+                return [(self.size // 2, max(1, iterations // 2)), (self.size, iterations)]
+            return [(self.size, iterations)]
         sizes = list(self.scales)
         if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 32:
             raise ValueError(f"--scales {','.join(map(str, sizes))}: sizes must rise, from 32 px up")
-        its = list(self.scale_iterations) if self.scale_iterations else [self.iterations] * len(sizes)
+        its = list(self.scale_iterations) if self.scale_iterations else [iterations] * len(sizes)
         if len(its) != len(sizes) or min(its) < 1:
             raise ValueError(f"--scale-iterations needs {len(sizes)} positive counts, one per scale")
         return list(zip(sizes, its))
+
+    def stop_rule(self, stage: int, stages: int) -> tuple[int, float]:
+        """(window, tol) of the stop rule in stage ``stage`` (1-based) of ``stages``; (0, 0.0): off.
+
+        On for the default pyramid, or when either stop setting is given (the other then takes
+        its default). Coarse stages stop at a looser tol (× STOP_TOL_COARSE / STOP_TOL): the
+        next stage goes on from their image, so their last slow per-cent is wasted there."""
+        if not (self.pyramid or self.stop_window is not None or self.stop_tol is not None):
+            return (0, 0.0)
+        window = STOP_WINDOW if self.stop_window is None else self.stop_window
+        tol = STOP_TOL if self.stop_tol is None else self.stop_tol
+        if stage < stages:
+            tol *= STOP_TOL_COARSE / STOP_TOL
+        return (window, min(tol, 0.5)) if window and tol else (0, 0.0)
+
+    def carry_mode(self) -> str:
+        return self.carry or ("pairs" if self.pyramid else "none")
 
     def total_evaluations(self) -> int:
         return sum(n for _, n in self.stages())
@@ -193,6 +256,25 @@ PRESET_RUN: dict[str, dict[str, Any]] = {
     # Keras example: fmin_l_bfgs_b(maxfun=20) × 20 rounds (scipy's m = 10), height 400.
     "keras-example": {"optimizer": "keras-lbfgs", "lbfgs_history": 10, "rounds": 20, "iterations": 400, "size": 400, "fit": "height"},
 }
+
+
+def pyramid_sizes(size: int, start: int = 128) -> list[int]:
+    """Stage sizes from about ``start`` up to ``size`` in steps of √2, the last being ``size``.
+
+    Counted down from the size, so the steps next to the output (where evaluations cost
+    most) are exact √2; each size is rounded to a multiple of 8 (whole strides of VGG's
+    first pooling levels, and a shape that the compiled-shape caches see again). The
+    coarsest is the first at or below ``start`` × √2^½ (128 at 512, 128 at 1024).
+    """
+    sizes = [size]
+    k = 1
+    while True:
+        n = size / 2 ** (k / 2)
+        if n < start / 2**0.25 or n < 32:
+            break
+        sizes.append(max(32, int(round(n / 8)) * 8))
+        k += 1
+    return sorted(set(sizes))
 
 
 def preset_run_settings(preset: str = "gatys", **explicit: Any) -> RunSettings:
