@@ -7,18 +7,27 @@ does all of it (opencv, 150 MB, is only in the video extra, for optical flow).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import os
 import struct
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from ..errors import ImageError, OutputError
+from ..errors import ImageError, OnnxStyleError, OutputError, engine_message
+
+try:  # Pillow's colour management (LittleCMS); without it embedded profiles are ignored
+    from PIL import ImageCms
+except ImportError:  # pragma: no cover - Pillow built without lcms
+    ImageCms = None  # type: ignore[assignment]
 
 WRITABLE = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WebP"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -40,7 +49,7 @@ class ImageHeader:
     width: int  # as stored (before EXIF orientation)
     height: int
     alpha: bool
-    orientation: int = 1  # EXIF: 5-8 turn the image a quarter
+    orientation: int = 1  # EXIF (any format but TIFF, which Pillow turns): 5-8 turn it a quarter
 
     @property
     def pixels(self) -> int:
@@ -49,8 +58,16 @@ class ImageHeader:
     @property
     def oriented(self) -> tuple[int, int]:
         """(height, width) as a viewer shows it (and as load_image returns it)."""
-        turned = self.orientation in (5, 6, 7, 8) and not self.alpha
+        turned = self.orientation in (5, 6, 7, 8)
         return (self.width, self.height) if turned else (self.height, self.width)
+
+
+# The formats Pillow may open. An allow-list, not everything Pillow registers: EPS would run
+# Ghostscript on the file, and TGA, ICO and the scientific formats have no magic number, so
+# random bytes could be taken for one of them.
+# (JPEG's plugin also opens MPO, a phone's JPEG with a second picture after the first.)
+_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "DIB", "TIFF", "PPM", "AVIF", "JPEG2000")
+_READABLE = "PNG, JPEG, WebP, GIF, BMP, TIFF, PPM, AVIF, JPEG 2000"
 
 
 def _open(data: bytes) -> Image.Image:
@@ -59,33 +76,111 @@ def _open(data: bytes) -> Image.Image:
     with _PIL_LOCK:
         old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
-            return Image.open(io.BytesIO(data))
+            Image.init()  # registers the plugins; open() refuses a format name it does not know
+            return Image.open(io.BytesIO(data), formats=[f for f in _FORMATS if f in Image.OPEN])
         finally:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def read_header(data: bytes, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
-    """Format, size and alpha from the header; refuses a bomb before a pixel is decoded."""
+class _QuietDecoders:
+    """Drops Pillow's warnings ("Corrupt EXIF data", "Truncated File Read", bomb warnings)
+    while images are decoded: a file is either read or refused with one line of ours.
+
+    warnings.catch_warnings is process-wide state and decodes run in the service's thread
+    pool, so nested or concurrent decodes share one catch_warnings, entered by the first
+    and left by the last (a count under a lock); only warnings issued from Pillow's
+    modules, and from this one on their behalf, are ignored meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._ctx: warnings.catch_warnings | None = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                ctx = warnings.catch_warnings()
+                ctx.__enter__()
+                warnings.filterwarnings("ignore", module=r"(PIL|onnxstyle\.runtime\.image_io)(\.|$)")
+                warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+                self._ctx = ctx
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._ctx is not None:
+                self._ctx.__exit__(None, None, None)
+                self._ctx = None
+
+
+_QUIET = _QuietDecoders()
+
+
+@contextlib.contextmanager
+def _boundary(path: Path, what: str = "not an image onnxstyle can read") -> Iterator[None]:
+    """Whatever a decoder raises becomes one ImageError line. Broad on purpose: Pillow's
+    plugins raise OSError, ValueError, SyntaxError, struct.error, zlib.error, EOFError,
+    IndexError, KeyError, TypeError... on damaged files. KeyboardInterrupt is not an
+    Exception and passes through, as do our own errors."""
     try:
-        im = _open(data)
+        with _QUIET:
+            yield
+    except OnnxStyleError:
+        raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image onnxstyle can read (PNG, JPEG, WebP, BMP, TIFF)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: unreadable image header ({e})") from None
-    w, h = im.size
-    alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
-    try:
-        orientation = int(im.getexif().get(0x0112, 1)) if im.format == "JPEG" else 1
-    except Exception:  # a damaged EXIF block: the decoder ignores it too
-        orientation = 1
-    header = ImageHeader(str(im.format or "?"), w, h, alpha, orientation)
-    im.close()
-    if header.pixels > max_pixels:
+        raise ImageError(f"{path}: not an image onnxstyle can read ({_READABLE})") from None
+    except MemoryError:
+        # A header within --max-pixels that still does not fit (or lies about its pixel size).
+        raise ImageError(f"{path}: too large to decode in this machine's memory") from None
+    except Exception as e:
+        raise ImageError(f"{path}: {what} ({engine_message(e)})") from None
+
+
+def read_header(data: bytes, path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+    """Format, size and alpha from the header; refuses a bomb before a pixel is decoded.
+    Raises only ImageError, whatever the bytes."""
+    if not data:
+        raise ImageError(f"{path}: file is empty (0 bytes)")
+    with _boundary(path, "unreadable image header"):
+        im = _open(data)
+        w, h = im.size
+        alpha = _has_alpha(im)
+        fmt = str(im.format or "?")
+        orientation = _orientation(im)
+        im.close()
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{path}: {w}x{h}: an image without pixels")
+    if w * h > max_pixels:
         raise ImageError(
-            f"{path}: {w}x{h} is {header.pixels / 1e6:.0f} M pixels, over the limit of {max_pixels / 1e6:.0f} M "
+            f"{path}: {w}x{h} is {w * h / 1e6:.0f} M pixels, over the limit of {max_pixels / 1e6:.0f} M "
             f"(a decompression bomb?); raise the limit with --max-pixels if the image is genuine"
         )
-    return header
+    return ImageHeader(fmt, w, h, alpha, orientation)
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return True
+    # tRNS in a palette, grey or RGB PNG, a GIF's transparent index: Pillow adds the alpha.
+    return im.mode in ("P", "L", "RGB") and "transparency" in im.info
+
+
+def _orientation(im: Image.Image) -> int:
+    """EXIF orientation (1-8) of any format carrying EXIF (JPEG, PNG eXIf before IDAT,
+    WebP), read from the header bytes without decoding. TIFF: 1, Pillow turns TIFFs itself
+    (and reports the turned size). A damaged EXIF block or an unknown value: 1, as viewers do."""
+    raw = im.info.get("exif")
+    if im.format == "TIFF" or not raw:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(raw)
+        value = int(exif.get(0x0112, 1))
+    except Exception:
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _jpeg_complete(data: bytes) -> bool:
@@ -122,7 +217,7 @@ def _png_complete(data: bytes) -> bool:
 
 
 def _complete(data: bytes, fmt: str) -> bool:
-    if fmt == "JPEG":
+    if fmt in ("JPEG", "MPO"):  # MPO: a phone's JPEG with a second picture after the first
         return _jpeg_complete(data)
     if fmt == "PNG":
         return _png_complete(data)
@@ -131,7 +226,7 @@ def _complete(data: bytes, fmt: str) -> bool:
 
 def _draft_factor(header: ImageHeader, target: int | None) -> int:
     """For a JPEG far larger than needed, let libjpeg decode at 1/2, 1/4 or 1/8 scale."""
-    if target is None or header.format != "JPEG":
+    if target is None or header.format not in ("JPEG", "MPO"):
         return 1
     longest = max(header.width, header.height)
     for factor in (8, 4, 2):
@@ -166,26 +261,113 @@ def _png16(data: bytes, im: Image.Image) -> np.ndarray | None:
 
 
 def _pixels(data: bytes, header: ImageHeader, max_side: int | None) -> np.ndarray:
-    """The decoded pixels as stored in HxWx3 (RGB) or HxWx4 (RGBA), uint8 or uint16,
-    EXIF-oriented unless the image has alpha (PNG/WebP with alpha carry none in practice)."""
+    """The decoded pixels as stored in HxWx3 (RGB) or HxWx4 (RGBA), uint8, uint16 or float32
+    (already in [0, 1]), EXIF-oriented (with alpha too: the alpha plane turns with it)."""
     im = _open(data)
     factor = 1 if header.alpha else _draft_factor(header, max_side)
     if factor > 1:
         im.draft("RGB", (header.width // factor, header.height // factor))
     arr = _png16(data, im)
     if arr is None:
-        if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-            # Grey at 16 bits: kept at 16 bits (an "I" image of 32 bits is clipped to it).
-            grey = np.clip(np.asarray(im), 0, 65535).astype(np.uint16)
-            arr = np.repeat(grey[:, :, None], 3, axis=2)
-        elif im.mode == "F":
-            arr = np.repeat(np.asarray(im, np.float32)[:, :, None], 3, axis=2)
-        else:
-            # Grey, palette, CMYK, YCbCr... to RGB; grey or palette with transparency to RGBA.
-            arr = np.asarray(im.convert("RGBA" if header.alpha else "RGB"))
-    if not header.alpha and header.orientation != 1:
+        arr = _to_array(im, header.alpha)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.size == 0:
+        raise ValueError(f"decoded to an unexpected array of shape {arr.shape}")  # the boundary adds the path
+    if header.orientation != 1:
         arr = _orient(arr, header.orientation)
     return arr
+
+
+def _to_array(im: Image.Image, alpha: bool) -> np.ndarray:
+    """Any Pillow mode as RGB(A). Integer grey beyond 8 bits becomes uint16, floats float32
+    in [0, 1] (see :func:`_integer_grey`, :func:`_float_grey`); the rest goes through
+    Pillow's convert, after the embedded colour profile (if any) took it to sRGB."""
+    im.load()
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = _integer_grey(im)
+    elif im.mode == "F":
+        grey = _float_grey(np.asarray(im, np.float32))
+    elif im.mode == "L" and _tiff_sample(im) == (2, 8):
+        # Signed 8-bit TIFF: Pillow hands the bytes over as unsigned L; -128..127 → 0..255.
+        grey = (np.asarray(im).view(np.int8).astype(np.int16) + 128).astype(np.uint8)
+    else:
+        target = "RGBA" if alpha else "RGB"
+        return np.asarray(_icc_to_srgb(im, target).convert(target))
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
+def _tiff_sample(im: Image.Image) -> tuple[int, int] | None:
+    """(SampleFormat, BitsPerSample) of a TIFF's first channel: 1 unsigned, 2 signed, 3 float."""
+    tags = getattr(im, "tag_v2", None)
+    if tags is None:
+        return None
+    fmt, bits = tags.get(339, (1,)), tags.get(258, (8,))
+    first = lambda v: int(v[0] if isinstance(v, tuple) else v)  # noqa: E731
+    return first(fmt), first(bits)
+
+
+def _integer_grey(im: Image.Image) -> np.ndarray:
+    """Integer grey as uint16. The rule: a TIFF's values are scaled by their type's range
+    (signed types shifted first, so -32768..32767 → 0..65535 and int32/uint32 likewise);
+    any other 32-bit "I" image (PNG, PPM, which Pillow already scales to 16 bits) is clipped
+    to 0..65535."""
+    values = np.asarray(im)
+    sample = _tiff_sample(im) if im.mode == "I" else None
+    if sample is None or sample[1] not in (16, 32):
+        return np.clip(values, 0, 65535).astype(np.uint16)
+    signed, bits = sample[0] == 2, sample[1]
+    if bits == 32 and not signed and values.dtype == np.int32:
+        values = values.view(np.uint32)  # Pillow keeps uint32 in a signed int32 "I" image
+    low = -(2 ** (bits - 1)) if signed else 0
+    scaled = (values.astype(np.float64) - low) * (65535 / (2**bits - 1))
+    return np.clip(np.round(scaled), 0, 65535).astype(np.uint16)
+
+
+# Floats inside this range are taken as [0, 1] data (a little over- and undershoot from a
+# filter is common); beyond it (HDR radiance, elevations, raw sensor counts) the image is
+# min-max normalized, the only scale that shows something of any range.
+_FLOAT_SLACK = 1 / 16
+
+
+def _float_grey(values: np.ndarray) -> np.ndarray:
+    """Float grey to float32 in [0, 1]: NaN and ±Inf pixels become 0 first, then values in
+    [-1/16, 1 + 1/16] are clipped to [0, 1], others min-max normalized (a constant is clipped)."""
+    values = np.where(np.isfinite(values), values, 0).astype(np.float32)
+    lo, hi = float(values.min()), float(values.max())
+    if lo >= -_FLOAT_SLACK and hi <= 1 + _FLOAT_SLACK or hi == lo:
+        return np.clip(values, 0.0, 1.0)
+    return ((values - lo) / (hi - lo)).astype(np.float32)
+
+
+_PROFILE_SPACES = {"RGB": "RGB ", "RGBA": "RGB ", "CMYK": "CMYK", "L": "GRAY"}
+
+
+def _icc_to_srgb(im: Image.Image, target: str) -> Image.Image:
+    """The image converted to sRGB by its embedded ICC profile (LittleCMS, Pillow's default
+    perceptual intent; matrix-shaper profiles, most cameras' and editors', treat all intents alike).
+
+    sRGB profiles (by description) are skipped: there is nothing to do. A profile that does
+    not parse, that belongs to another colour space than the pixels, or that LittleCMS cannot
+    build a transform for is ignored: the pixels are taken as sRGB, as browsers do.
+    16-bit images keep their profile unapplied (LittleCMS works on Pillow's 8-bit modes here).
+    """
+    icc = im.info.get("icc_profile")
+    if not icc or ImageCms is None or im.mode not in _PROFILE_SPACES:
+        return im
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if "srgb" in (ImageCms.getProfileDescription(src) or "").lower():
+            return im
+        if src.profile.xcolor_space != _PROFILE_SPACES[im.mode]:
+            return im
+        out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
+        return ImageCms.profileToProfile(im, src, _srgb_profile(), outputMode=out_mode)
+    except Exception:  # a broken profile: ignored, the pixels are still good
+        return im
+
+
+@functools.lru_cache(maxsize=1)
+def _srgb_profile() -> object:
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -224,25 +406,18 @@ def decode_image(
     data: bytes, name: str | Path = "image", max_side: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`load_image` on bytes already in memory (an upload, an object from a store);
-    ``name`` only labels the errors."""
+    ``name`` only labels the errors. Raises only ImageError, whatever the bytes."""
     path = Path(name)
-    if not data:
-        raise ImageError(f"{path}: file is empty (0 bytes)")
     header = read_header(data, path, max_pixels)
     if not _complete(data, header.format):
         raise ImageError(f"{path}: image data is truncated")
-    try:
+    with _boundary(path):
         raw = _pixels(data, header, max_side)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: not an image onnxstyle can read ({e})") from None
-    if max_side is not None:
-        # Still 8/16-bit, so no float copy at the input's full size ever exists. The size
-        # comes from the header, not from a reduced decode (225x400 decoded at 1/4 is 57x100,
-        # which fits 96 px as 55x96, where the photo itself gives 54x96): every front end
-        # then agrees on the output's exact size.
-        raw = resize(raw, *fit_longest(*header.oriented, max_side))
-    alpha = _to_float(raw[:, :, 3]) if raw.shape[2] == 4 else None
-    rgb = _to_float(raw[:, :, :3])
+        if max_side is not None:
+            # Still 8/16-bit, so no float copy at the input's full size ever exists.
+            raw = resize(raw, *fit_longest(raw.shape[0], raw.shape[1], max_side))
+        alpha = _to_float(raw[:, :, 3]) if raw.shape[2] == 4 else None
+        rgb = _to_float(raw[:, :, :3])
     return np.ascontiguousarray(rgb), alpha
 
 
