@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__
-from .errors import Interrupted, OnnxStyleError, OptimizationError, Terminated
+from .errors import EngineError, Interrupted, OnnxStyleError, OptimizationError, Terminated
 from .runtime.image_io import DEFAULT_MAX_PIXELS
 from .runtime.providers import Device
 from .runtime.settings import EngineConfig, RunSettings
@@ -137,18 +137,35 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+# Set by the app's callback (--verbose/-v) on every invocation: whether an error shows its cause.
+VERBOSE = {"on": False}
+
+
+def explain(e: BaseException) -> None:
+    """With --verbose: the error's traceback and chained causes (the engine's full text, its C++
+    source locations), on stderr before the one-line message; without it, nothing."""
+    if VERBOSE["on"]:
+        import traceback
+
+        err.print(escape("".join(traceback.format_exception(e)).rstrip()), soft_wrap=True)
+
+
 def handle_errors(fn: F) -> F:
-    """Library errors → one line on stderr and their exit code; never a traceback."""
+    """Library errors → one line on stderr and their exit code; a traceback only with --verbose."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except OnnxStyleError as e:
-            raise fail(str(e), e.exit_code) from None
+            explain(e)
+            hint = " (onnxstyle -v … shows the engine's own message)" if isinstance(e, EngineError) and not VERBOSE["on"] else ""
+            raise fail(str(e) + hint, e.exit_code) from None
         except ValueError as e:  # settings the library refused: a usage error
+            explain(e)
             raise fail(str(e), EXIT_USAGE) from None
-        except MemoryError:
+        except MemoryError as e:
+            explain(e)
             raise fail("out of memory; try a smaller --size", 1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -648,7 +665,9 @@ def openvino_line(avail: Any) -> str:
 def _root(
     ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="on an error, also print its full cause (traceback, the engine's text)")] = False,
 ) -> None:
+    VERBOSE["on"] = verbose
     if version:
         out.print(f"onnxstyle {__version__}")
         raise typer.Exit()

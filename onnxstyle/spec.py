@@ -147,6 +147,14 @@ class LossSpec:
     def deepest(self) -> str:
         return max((*self.content_layers, *self.style_layers), key=LAYER_INDEX.__getitem__)
 
+    @property
+    def min_side(self) -> int:
+        """The least side in px an image needs for these graphs: each 2x2 pool up to the deepest
+        layer halves it (floor), and the guide's pools likewise, so a side under the deepest
+        layer's stride pools to nothing (16 px for relu5_1; OpenVINO and onnxruntime both fail
+        at 15 and run at 16 and 17, tests/test_min_size.py)."""
+        return layer_stride(self.deepest)
+
     def layer_weights(self) -> dict[str, dict[str, float]]:
         c = self.content_layer_weights or tuple(1.0 for _ in self.content_layers)
         n = max(len(self.style_layers), 1)

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ModelsError, ProviderError, engine_message
+from ..errors import MissingDependencyError, ModelsError, OnnxStyleError, ProviderError, engine_failure, engine_message
 from . import cache
 from .providers import CPU, CUDA, TRT, physical_cores, provider_options, select_providers
 from .settings import EngineConfig
@@ -197,6 +197,24 @@ OPTIMIZED = "model.onnx"
 OPTIMIZED_DATA = "model.weights.bin"
 
 
+# onnxruntime's exception types for a file that does not parse or load as a graph: the folder's
+# fault. Everything else at session creation (a provider that fails, an optimizer or kernel
+# error, memory) is the engine's.
+_PARSE_FAILURES = ("InvalidProtobuf", "NoSuchFile", "InvalidGraph", "ModelLoadCanceled")
+# onnxruntime's generic Fail, when it is about reading the file or its external weights.
+_PARSE_TEXT = ("Load model from", "protobuf", "external data", "External initializer", "Failed to load model", "ModelProto")
+
+
+def is_parse_failure(e: BaseException) -> bool:
+    """Whether onnxruntime failed to read the graph file (the folder's fault) rather than to build
+    a session from a graph it read (the engine's)."""
+    name = type(e).__name__
+    if name in _PARSE_FAILURES:
+        return True
+    text = str(e)
+    return name in ("Fail", "InvalidArgument") and any(t.lower() in text.lower() for t in _PARSE_TEXT)
+
+
 class OrtRunner:
     """One onnxruntime session over one graph. CPU: the optimized model is cached in the
     per-user compiled cache; TensorRT: its engines too; CUDA/TensorRT: constant inputs (the
@@ -251,10 +269,13 @@ class OrtRunner:
         opts = provider_options(self.choice.providers, trt_cache, shapes or {}, self.choice.precision == "fp16", self.choice.device_id)
         try:
             return self.ort.InferenceSession(path, so, providers=list(self.choice.providers), provider_options=opts)
+        except MemoryError:
+            raise
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            first = engine_message(e)
+            if not is_parse_failure(e):
+                raise engine_failure(e, "compile", self.graph, (shapes or {}).get("image"), self.choice.describe()) from e
             src = self.folder / f"{self.graph}.onnx"
-            raise ModelsError(f"{src} cannot be loaded ({first}); re-export with: {self.fix_hint}") from e
+            raise ModelsError(f"{src} cannot be loaded ({engine_message(e)}); re-export with: {self.fix_hint}") from e
 
     def _load_cpu(self) -> Any:
         """The optimized model from the compiled cache, else optimized now and saved there.
@@ -293,12 +314,18 @@ class OrtRunner:
             return sess
 
     def run(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-        if self.gpu:
-            return dict(zip(names, self._run_bound(feeds, names)))
-        # Copies: onnxruntime's outputs are views into its arena; a gradient the optimizer keeps
-        # across evaluations would pin its chunk, and the arena would grow by one output's
-        # worth of fragments each evaluation (+0.8 GB over 10 evaluations at 1024 px).
-        return {n: np.array(v, copy=True) for n, v in zip(names, self.session.run(names, feeds))}
+        try:
+            if self.gpu:
+                return dict(zip(names, self._run_bound(feeds, names)))
+            # Copies: onnxruntime's outputs are views into its arena; a gradient the optimizer keeps
+            # across evaluations would pin its chunk, and the arena would grow by one output's
+            # worth of fragments each evaluation (+0.8 GB over 10 evaluations at 1024 px).
+            return {n: np.array(v, copy=True) for n, v in zip(names, self.session.run(names, feeds))}
+        except (MemoryError, OnnxStyleError):
+            raise
+        except Exception as e:  # onnxruntime's InvalidArgument, Fail, RuntimeException, …
+            image = feeds.get("image")
+            raise engine_failure(e, "run", self.graph, None if image is None else tuple(image.shape), self.choice.describe()) from e
 
     def _run_bound(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
         """GPU path: one IOBinding per graph; a constant input (same array object as last time:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..contract import FEATURES, LOSS_GRAD, TILE_GRAD, Manifest, read_manifest
-from ..errors import ModelsError
+from ..errors import ModelsError, SizeError
 from .backends import BackendChoice, GraphRunner, available_backends, make_runner, release_heap, select_backend
 from .settings import EngineConfig
 
@@ -85,6 +85,7 @@ class Engine:
     def _runner(self, graph: str, height: int, width: int, regions: int, exact: bool = False, dynamic: bool = False) -> GraphRunner:
         """A warm runner; ``exact``: fp32 whatever the engine's precision (the targets);
         ``dynamic``: one runner for every size (tiles come in several sizes)."""
+        self._check_size(height, width)
         choice = self.choice
         if exact and choice.precision != "fp32":
             choice = dataclasses.replace(choice, precision="fp32")
@@ -102,6 +103,18 @@ class Engine:
             runner = make_runner(choice, self.folder, graph, shapes if per_shape else None, self.fix_hint, weights)
             self._runners[key] = runner
         return runner
+
+    def _check_size(self, height: int, width: int) -> None:
+        """Refuse an image the pools would leave nothing of, before an engine compiles for it: the
+        plan checks the content up front (plan.check_sizes); this catches every other image (a
+        style the plan was not told about) with the same usage error, not the engine's."""
+        spec = self.manifest.spec
+        if min(height, width) < spec.min_side:
+            raise SizeError(
+                f"an image of {width}x{height} px has a side under {spec.min_side} px, the least the network takes "
+                f"({spec.deepest} is {spec.min_side.bit_length() - 1} pools deep); use a larger --size "
+                "(or --style-scale, for a style image)"
+            )
 
     def release(self, graph: str = FEATURES, precision: str | None = None) -> None:
         """Drop a graph's sessions (of one precision only, if given): the features graph is not

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingDependencyError, ModelsError, engine_message
+from ..errors import MissingDependencyError, ModelsError, OnnxStyleError, engine_failure, engine_message
 from . import cache
 
 _CORE: Any = None
@@ -43,6 +43,18 @@ def _read_onnx(path: Path) -> Any:
 
     frontend = FrontEndManager().load_by_framework("onnx")
     return frontend.convert(frontend.load(str(path)))
+
+
+def _parse(src: Path, defaults: dict[str, np.ndarray], fix_hint: str) -> Any:
+    """The graph read and its weights made inputs; a file that does not parse is the folder's
+    fault (truncated, overwritten, another format): a ModelsError naming the fix."""
+    try:
+        model = _read_onnx(src)
+        if defaults:
+            weights_as_parameters(model, defaults)
+    except Exception as e:  # OpenVINO's GeneralFailure and kin are not RuntimeErrors
+        raise ModelsError(f"{src} cannot be read by OpenVINO ({engine_message(e)}); re-export with: {fix_hint}") from e
+    return model
 
 
 def cache_key(folder: Path, graph: str, precision: str) -> cache.CacheKey:
@@ -84,17 +96,31 @@ class OpenVinoRunner:
         core = _core()
         src = folder / f"{graph}.onnx"
         self.defaults = {k: np.array(v, np.float32) for k, v in weights.items()}
+        self.graph = graph
+        self.device = choice.describe() if hasattr(choice, "describe") else "OpenVINO CPU"
+        model = _parse(src, self.defaults, fix_hint)
+        # From here on the graph has been read: a failure is OpenVINO's (a shape its pools or
+        # convolutions cannot take, memory, a precision), not the folder's, and re-exporting
+        # would give the same graph.
+        shape = (shapes or {}).get("image")
         try:
-            model = _read_onnx(src)
-            if self.defaults:
-                weights_as_parameters(model, self.defaults)
             if shapes:
                 import openvino as ov
 
                 model.reshape({k: ov.PartialShape(list(v)) for k, v in shapes.items() if k not in self.defaults})
+            self.output_names, self.compiled = self._compile(core, model, choice, folder, graph, shapes)
+            self.request = self.compiled.create_infer_request()
+        except (MemoryError, OnnxStyleError):
+            raise
         except Exception as e:  # OpenVINO's GeneralFailure and kin are not RuntimeErrors
-            first = engine_message(e)
-            raise ModelsError(f"{src} cannot be loaded by OpenVINO ({first}); re-export with: {fix_hint}") from e
+            raise engine_failure(e, "compile", graph, shape, self.device) from e
+        self._ports = dict(zip(self.output_names, self.compiled.outputs))
+
+    @staticmethod
+    def _compile(
+        core: Any, model: Any, choice: Any, folder: Path, graph: str, shapes: dict[str, tuple[int, ...]] | None
+    ) -> tuple[list[str], Any]:
+        """(output names, compiled model): compiled with our settings, through the compiled cache."""
         precision = "bf16" if choice.precision == "bf16" else "f32"
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": precision,
@@ -107,7 +133,7 @@ class OpenVinoRunner:
             "ENABLE_CPU_PINNING": False,
         }
         # Names as the graph declares them: compilation may attach other names to a port.
-        self.output_names = [o.get_any_name() for o in model.outputs]
+        names = [o.get_any_name() for o in model.outputs]
         # Under the cache's lock: two processes compiling into one CACHE_DIR at once fail in
         # OpenVINO ("cannot set permissions"), and no blob is evicted while being read.
         # The thread count is in OpenVINO's blob hash: another count is another blob.
@@ -115,13 +141,17 @@ class OpenVinoRunner:
         with cache.compiling(cache_key(folder, graph, precision), what) as cache_dir:
             if cache_dir is not None:
                 config["CACHE_DIR"] = str(cache_dir)
-            self.compiled = core.compile_model(model, "CPU", config)
-        self.request = self.compiled.create_infer_request()
-        self._ports = dict(zip(self.output_names, self.compiled.outputs))
+            return names, core.compile_model(model, "CPU", config)
 
     def run(self, feeds: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
         inputs = {**self.defaults, **feeds}
-        self.request.infer(inputs)
+        try:
+            self.request.infer(inputs)
+        except (MemoryError, OnnxStyleError):
+            raise
+        except Exception as e:  # a feed of a shape it was not compiled for, memory, …
+            image = feeds.get("image")
+            raise engine_failure(e, "run", self.graph, None if image is None else tuple(image.shape), self.device) from e
         # The request reuses its output buffers on the next call: hand out copies.
         return {n: np.array(self.request.get_tensor(self._ports[n]).data, copy=True) for n in names}
 

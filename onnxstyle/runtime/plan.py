@@ -7,13 +7,13 @@ tiles is refused up front with the figure and a way out, never started and then 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from ..errors import ResourceError
+from ..errors import ResourceError, SizeError
 from ..spec import LossSpec
 from .canvas import canvas_for
-from .image_io import fit_size
+from .image_io import fit_longest, fit_size
 from .memory import Estimate, estimate_stage
 from .settings import RunSettings
 from .tiling import TilePlan, halo_for, plan_tiles
@@ -106,11 +106,14 @@ def _auto_tiles(spec: LossSpec, h: int, w: int, ok: Callable[[TilePlan], bool]) 
 
 def plan_run(
     spec: LossSpec, content_hw: tuple[int, int], settings: RunSettings, backend: str, precision: str, budget: int | None,
-    inputs: int | None = None, snap: bool = False,
+    inputs: int | None = None, snap: bool = False, styles: Sequence[tuple[int, int]] = (),
+    masks: Sequence[tuple[int, int]] = (),
 ) -> RunPlan:
     """``inputs``: bytes of the run's inputs held whole (memory.inputs_bytes); None: a content
     and a square style at each stage's size. ``snap``: untiled stages run on the shape grid's
-    canvases (runtime/canvas.py), for engines that compile per shape."""
+    canvases (runtime/canvas.py), for engines that compile per shape. ``styles``/``masks``:
+    the (height, width) of each, checked with the content by :func:`check_sizes`."""
+    check_sizes(spec, content_hw, settings, styles, masks)
     stages = []
     for i, (size, evaluations) in enumerate(settings.stages(), start=1):
         hw = fit_size(content_hw[0], content_hw[1], size, settings.fit)
@@ -131,3 +134,77 @@ def check_plan(plan: RunPlan) -> None:
                 f"{opt / 2**30:.1f} GiB) but {plan.budget / 2**30:.1f} GiB is available to it (--max-memory); "
                 f"use a smaller --size" + ("" if st.tiles else ", or --tile auto")
             )
+
+
+def style_side(size: int, style_scale: float) -> int:
+    """The longest side a style image is resized to for a stage of ``size`` px (as the runtime's
+    targets do: ``size × style_scale``, never under 32 px)."""
+    return max(32, round(size * style_scale))
+
+
+def check_sizes(
+    spec: LossSpec, content_hw: tuple[int, int], settings: RunSettings, styles: Sequence[tuple[int, int]] = (),
+    masks: Sequence[tuple[int, int]] = (),
+) -> None:
+    """Refuse, before any engine loads, a run where the content or a style image would have a side
+    under ``spec.min_side`` at any stage: the pools would leave nothing of it, and the engine would
+    fail in its shape inference. A :class:`SizeError` (a ValueError: exit 2, HTTP 422) naming the
+    input, the minimum and a --size that works.
+
+    ``content_hw``/``styles``: (height, width) of the images as given (any size: only their
+    aspect matters). ``masks`` are resized to the content's working size, so the content's check
+    covers them; they are taken for the service's sake and need no check of their own.
+    """
+    del masks  # resized to the content at every stage: checked as the content is
+    least = spec.min_side
+    stages = settings.stages()
+    for i, (size, _) in enumerate(stages, start=1):
+        hw = fit_size(*content_hw, size, settings.fit)
+        if min(hw) < least:
+            _refuse(spec, settings, "content", content_hw, hw, i, size, lambda s, n: min(fit_size(*content_hw, n, s.fit)))
+        for k, st in enumerate(styles, start=1):
+            shw = fit_longest(*st, style_side(size, settings.style_scale))
+            if min(shw) < least:
+                name = "style" if len(styles) == 1 else f"style {k}"
+                _refuse(spec, settings, name, st, shw, i, size, lambda s, n, st=st: min(fit_longest(*st, style_side(n, s.style_scale))))
+
+
+def _refuse(
+    spec: LossSpec, s: RunSettings, what: str, given: tuple[int, int], hw: tuple[int, int], stage: int, size: int,
+    side_at: Callable[[RunSettings, int], int],
+) -> None:
+    least = spec.min_side
+    at = f"stage {stage} ({size} px)" if len(s.stages()) > 1 else f"{size} px"
+    pools = least.bit_length() - 1
+    way = _way_out(s, lambda n: side_at(s, n) >= least)
+    was = f"{what} {given[1]}x{given[0]}" if tuple(given) != tuple(hw) else what
+    raise SizeError(
+        f"{was} would be {hw[1]}x{hw[0]} at {at}, a side under {least} px, the least the network "
+        f"takes ({spec.deepest} is {pools} pools deep); {way}"
+        + (" or a larger --style-scale" if what.startswith("style") else "")
+    )
+
+
+def _way_out(s: RunSettings, ok: Callable[[int], bool]) -> str:
+    """The way out, as a --size that works (or --scales where no --size does): from the least
+    stage size that passes ``ok`` (which rises with the size)."""
+    n = 32
+    while not ok(n):
+        if n >= 2**24:  # a sliver no size can save: say so without a figure
+            return "use a larger --size"
+        n *= 2
+    lo = n // 2  # failed, or under 32: bisect down to the least size that passes
+    while lo + 1 < n:
+        mid = (lo + n) // 2
+        lo, n = (lo, mid) if ok(mid) else (mid, n)
+    if n > 2**15:
+        return f"no practical size reaches it (the longest side would need {n} px)"
+    if s.scales:
+        return f"start --scales at {n} px or more"
+    # Every stage must reach n: one stage at n, or a half-size first stage at 2n (coarse-to-fine);
+    # the stage sizes are rounded, so a few px more are tried too.
+    for size in (*range(max(32, n), max(32, n) + 9), *range(2 * n, 2 * n + 17)):
+        if min(st for st, _ in s.replace(size=size).stages()) >= n:
+            return f"use a larger --size ({size} works)"
+    # A schedule whose coarse stages stay small whatever the size (a pyramid from a fixed start).
+    return f"use --scales with every stage at {n} px or more (e.g. --scales {max(n, s.size)})"
