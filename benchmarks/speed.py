@@ -61,6 +61,10 @@ ALL_SIDES = (
     Side("ov-fp32", "OpenVINO fp32", "onnxstyle", "openvino", "fp32"),
     Side("ov-bf16", "OpenVINO bf16", "onnxstyle", "openvino", "bf16"),
     Side("torch", "torch eager", "torch"),
+    # The loss under torch.autocast("cpu", dtype=torch.bfloat16), backward through it: what a
+    # torch user gets from bf16 on a CPU that computes it natively. Timed against torch eager
+    # like the onnxstyle sides, so its ratio is its gain over fp32 eager.
+    Side("torch-bf16", "torch bf16 autocast", "torch-bf16", precision="bf16"),
 )
 SIDE = {s.name: s for s in ALL_SIDES}
 
@@ -75,6 +79,7 @@ def available_sides() -> list[Side]:
         "ov-fp32": a.openvino,
         "ov-bf16": a.openvino and a.bf16_native,
         "torch": True,
+        "torch-bf16": a.bf16_native,
     }
     return [s for s in ALL_SIDES if ok[s.name]]
 
@@ -150,7 +155,7 @@ if ours:
 else:
     import torch
     torch.set_num_threads(cfg["threads"])
-    from onnxstyle.models.vgg import VGG19, reference_features, reference_loss_and_grad
+    from onnxstyle.models.vgg import VGG19, reference_features, reference_loss, reference_loss_and_grad
     from onnxstyle.models.weights import load_caffe, load_weights
     from onnxstyle.spec import LossSpec
 T_IMPORTS = time.monotonic()
@@ -198,9 +203,20 @@ else:
         targets["temporal_map"] = torch.zeros((1, 1, h, w))
     xt = torch.from_numpy(x)
 
+    autocast = cfg["kind"] == "torch-bf16"
+
     def evaluate():
-        loss, grad, _ = reference_loss_and_grad(model, spec, xt, targets)
-        return loss, grad
+        if not autocast:
+            loss, grad, _ = reference_loss_and_grad(model, spec, xt, targets)
+            return loss, grad
+        xg = xt.detach().clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            total, _ = reference_loss(model, spec, xg, targets)
+        total = total.float()
+        (grad,) = torch.autograd.grad(total, xg)
+        return float(total), grad
+    if autocast:
+        provider = f"torch {torch.__version__} bf16 autocast"
 T_TARGETS = time.monotonic()
 
 loss, grad = evaluate()
@@ -640,7 +656,7 @@ def markdown(res: dict[str, Any]) -> str:
     lines += ["| figure | " + " | ".join(labels[n] for n in names) + " | target |", "|" + " --- |" * (len(names) + 2)]
     for px in cfg["sizes"]:
         r = pe[str(px)]
-        cells = {n: f"{r['median_s'][n] * 1e3:.0f} ms ({r['speedup'][n]:.2f}×)" for n in ours}
+        cells = {n: f"{r['median_s'][n] * 1e3:.0f} ms ({r['speedup'][n]:.2f}×)" for n in names if n in r["speedup"]}
         cells["torch"] = f"{r['median_s']['torch'] * 1e3:.0f} ms"
         tgt = ""
         if px == head:

@@ -33,6 +33,7 @@ import gc
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MARK = "@@ttq "
 TARGET = 3.0  # torch's time / onnxstyle's time to the bar, at least
-STRATEGIES = ("default", "half", "ladder")
+STRATEGIES = ("default", "old", "half", "ladder")
 # torch.optim.LBFGS as in the PyTorch tutorial (LBFGS([input_img]): every other setting default).
 TORCH_LBFGS = {"lr": 1.0, "history_size": 100, "max_iter": 20}
 
@@ -114,15 +115,17 @@ def strategy_settings(name: str, px: int, final_evals: int) -> Any:
     """The stages of a strategy, as RunSettings with the last stage's budget set to
     ``final_evals`` (a run is stopped at the bar; the budget only has to be large enough).
 
-    default: what ``RunSettings(size=px)`` plans (one stage up to 512 px, half size first
-    above); half: half size for 150 evaluations, then full size; ladder: a √2 ladder,
+    default: what ``RunSettings(size=px)`` plans (the √2 pyramid, stop rule on); old: the fixed
+    schedule of before (one stage up to 512 px, half size first above); half: half size for 150 evaluations, then full size; ladder: a √2 ladder,
     half → half·√2 → full, 100 evaluations on each coarse rung.
     """
     from onnxstyle.runtime.settings import RunSettings
 
     base = RunSettings(size=px)
-    if name == "default":
-        stages = base.stages()
+    if name == "default":  # the pyramid with its stop rule and carried memory, as the user gets it
+        return base.replace(pyramid_final_iterations=final_evals)
+    if name == "old":
+        stages = base.replace(iterations=300).stages()
     elif name == "half":
         stages = [(px // 2, 150), (px, 0)]
     elif name == "ladder":
@@ -353,6 +356,299 @@ def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- whole processes (issue 22)
+#
+# `--processes`: the user's view. Each strategy is one whole process, timed from spawn to exit:
+# `onnxstyle stylize C S -o out.png` with the old fixed schedule (--iterations 300), with the new
+# default (no --iterations: the pyramid with the stop rule), and a torch script running the
+# PyTorch tutorial's L-BFGS for 300 evaluations under bf16 autocast (fp32 eager with
+# --torch-fp32, or where the CPU has no native bf16). Every image is then judged alike by
+# benchmarks/judge.py: fp32 loss on onnxruntime, sliced-Wasserstein distance of VGG features.
+
+PAIRS = (  # (content, style): the gallery's three (docs/gallery), then two more
+    ("tubingen", "starry_night"), ("tubingen", "the_scream"), ("tubingen", "shipwreck"),
+    ("hoovertowernight", "starry_night"), ("hoovertowernight", "shipwreck"),
+)
+PROCESS_STRATEGIES = ("old", "new", "torch-bf16")
+GOALS = {512: 1 / 3, 1024: 1 / 4}  # new default's wall time / torch bf16's, at most
+PROGRESS = re.compile(r"stylizing (\d+)/(\d+) .*?(?:stage (\d+)/(\d+) )?[\d.]+ eval/s .* loss ([-+0-9.eEinfa]+)")
+TORCH_MARK = "@@ev "
+
+
+def native_bf16() -> bool:
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def torch_process_main(cfg: dict[str, Any]) -> None:
+    """The torch contestant as a user's script: load, build VGG19, targets, then
+    torch.optim.LBFGS (the tutorial's settings) for ``evals`` evaluations; bf16 autocast where
+    the CPU has it. Prints one TORCH_MARK line per evaluation (its loss) on stderr."""
+    import numpy as np
+    import torch
+
+    from onnxstyle.contract import read_manifest
+    from onnxstyle.models.vgg import VGG19, reference_features, reference_loss
+    from onnxstyle.models.weights import load_caffe, load_weights
+    from onnxstyle.runtime.image_io import load_image, resize_longest, save_image, to_nchw
+
+    torch.set_num_threads(cfg["threads"])
+    manifest = read_manifest(Path(cfg["models"]))
+    spec, source = manifest.spec, manifest.data["weights"]["requested"]
+    model = VGG19(load_caffe() if source == "caffe" else load_weights(source), last=spec.deepest, pooling=spec.pooling).eval()
+    content = resize_longest(load_image(cfg["content"])[0], cfg["px"])
+    style = resize_longest(load_image(cfg["style"])[0], cfg["px"])
+    h, w = content.shape[:2]
+    with torch.no_grad():  # targets in fp32, as onnxstyle makes them
+        targets = {k: v for k, v in reference_features(model, spec, torch.from_numpy(to_nchw(content))).items() if k.startswith("content_")}
+        targets.update({k: v for k, v in reference_features(model, spec, torch.from_numpy(to_nchw(style))).items() if k.startswith("gram_")})
+    if spec.guided:
+        targets["guide"] = torch.ones((1, 1, h, w))
+    if spec.temporal:
+        targets["temporal_target"], targets["temporal_map"] = torch.zeros((1, 3, h, w)), torch.zeros((1, 1, h, w))
+    x = torch.from_numpy(to_nchw(content).copy()).requires_grad_(True)
+    opt = torch.optim.LBFGS([x], **TORCH_LBFGS)
+    bf16 = cfg["precision"] == "bf16"
+    n = {"evals": 0}
+
+    def closure() -> torch.Tensor:
+        if n["evals"] >= cfg["evals"]:
+            raise _Done
+        with torch.no_grad():
+            x.clamp_(0, 1)
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = reference_loss(model, spec, x, targets)
+        loss = loss.float()
+        loss.backward()
+        n["evals"] += 1
+        print(f"{TORCH_MARK}{n['evals']} {float(loss):.8g}", file=sys.stderr, flush=True)
+        return loss
+
+    try:
+        while True:
+            opt.step(closure)
+    except _Done:
+        pass
+    with torch.no_grad():
+        x.clamp_(0, 1)
+    save_image(cfg["output"], np.ascontiguousarray(x.detach()[0].permute(1, 2, 0).numpy()))
+
+
+def _onnxstyle_argv() -> list[str]:
+    exe = Path(sys.executable).with_name("onnxstyle")
+    if exe.is_file():
+        return [str(exe)]
+    return [sys.executable, "-c", "import sys; from onnxstyle.cli import main; sys.argv[0] = 'onnxstyle'; main()"]
+
+
+def process_command(strategy: str, content: Path, style: Path, out: Path, px: int, models: Path, threads: int) -> list[str]:
+    """The command line a user types, for each strategy (the torch one: this script's worker)."""
+    if strategy.startswith("torch"):
+        cfg = {"content": str(content), "style": str(style), "output": str(out), "px": px, "models": str(models),
+               "threads": threads, "evals": 300, "precision": "bf16" if strategy == "torch-bf16" else "fp32"}
+        return [sys.executable, str(Path(__file__).resolve()), "--torch-process", json.dumps(cfg)]
+    cmd = [*_onnxstyle_argv(), "stylize", str(content), str(style), "-o", str(out), "--size", str(px),
+           "--models", str(models), "--threads", str(threads)]
+    return cmd + (["--iterations", "300"] if strategy == "old" else [])
+
+
+def warm_command(strategy: str, cmd: list[str], px: int) -> list[str] | None:
+    """An untimed run compiling the same shapes (OpenVINO's cache), as a user's second run
+    finds them; one evaluation per stage. None for torch (nothing to compile)."""
+    from onnxstyle.runtime.settings import pyramid_sizes
+
+    if strategy.startswith("torch"):
+        return None
+    if strategy == "old":
+        return [*cmd, "--iterations", "1"] if "--iterations" not in cmd else [*cmd[:-2], "--iterations", "1"]
+    sizes = pyramid_sizes(px)
+    return [*cmd, "--scales", ",".join(map(str, sizes)), "--scale-iterations", ",".join("1" for _ in sizes)]
+
+
+def timed_process(cmd: list[str], threads: int) -> dict[str, Any]:
+    """Run ``cmd``, timing it from spawn to exit; its progress lines, timestamped as they come,
+    give the loss curve: (seconds, evaluation, stage, stages, own loss)."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), ONNXSTYLE_PROGRESS_INTERVAL="0")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    trace: list[tuple[float, int, int, int, float]] = []
+    tail: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        t = time.perf_counter() - t0
+        if line.startswith(TORCH_MARK):
+            step, loss = line[len(TORCH_MARK):].split()
+            trace.append((t, int(step), 1, 1, float(loss)))
+        elif m := PROGRESS.search(line):
+            trace.append((t, int(m[1]), int(m[3] or 1), int(m[4] or 1), float(m[5])))
+        else:
+            tail = (tail + [line.rstrip()])[-20:]
+    rc = proc.wait()
+    wall = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} … failed ({rc}):\n" + "\n".join(tail))
+    return {"wall_s": wall, "evaluations": trace[-1][1] if trace else 0, "trace": trace}
+
+
+def run_pair(px: int, pair: tuple[str, str], strategies: list[str], models: Path, threads: int, work: Path,
+             say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Every strategy on one pair at one size, one after the other; each image judged."""
+    from judge import judge
+
+    from onnxstyle.runtime.image_io import load_image, resize_longest
+
+    content, style = find_image(pair[0]), find_image(pair[1])
+    if content is None or style is None:
+        say(f"  {pair[0]} × {pair[1]}: image not found, skipped")
+        return []
+    rows = []
+    for strategy in strategies:
+        out = work / f"{pair[0]}-{pair[1]}-{px}-{strategy}.png"
+        cmd = process_command(strategy, content, style, out, px, models, threads)
+        warm = warm_command(strategy, cmd, px)
+        if warm is not None:
+            timed_process(warm, threads)
+        row = {"pair": list(pair), "strategy": strategy, **timed_process(cmd, threads)}
+        image = load_image(out)[0]
+        row["judge"] = judge(image, resize_longest(load_image(content)[0], px), load_image(style)[0], models, threads)
+        row["image"] = str(out)
+        say(f"  {px} px {pair[0]} × {pair[1]} {strategy:10s}: {row['wall_s']:.1f} s, {row['evaluations']} evaluations, "
+            f"fp32 loss {row['judge']['fp32_loss']:.5g}, SWD {row['judge']['swd_mean']:.4g}")
+        rows.append(row)
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], px: int) -> dict[str, Any]:
+    """Per pair: new vs torch (wall ratio against the goal, judged no worse) and new vs old
+    (no more wall time, fp32 loss no higher)."""
+    out: dict[str, Any] = {}
+    by = {(tuple(r["pair"]), r["strategy"]): r for r in rows}
+    torch_name = next((s for s in ("torch-bf16", "torch-fp32") if any(k[1] == s for k in by)), None)
+    for pair in dict.fromkeys(tuple(r["pair"]) for r in rows):
+        new, old, ref = by.get((pair, "new")), by.get((pair, "old")), by.get((pair, torch_name)) if torch_name else None
+        entry: dict[str, Any] = {}
+        if new and ref:
+            ratio = new["wall_s"] / ref["wall_s"]
+            no_worse = new["judge"]["swd_mean"] <= ref["judge"]["swd_mean"] and new["judge"]["fp32_loss"] <= ref["judge"]["fp32_loss"]
+            entry["vs_torch"] = {"torch": torch_name, "wall_ratio": ratio, "goal": GOALS.get(px), "no_worse": no_worse,
+                                 "met": no_worse and ratio <= GOALS.get(px, 1 / 3)}
+        if new and old:
+            entry["vs_old"] = {"wall_ratio": new["wall_s"] / old["wall_s"],
+                               "loss_ratio": new["judge"]["fp32_loss"] / old["judge"]["fp32_loss"],
+                               "met": new["wall_s"] <= old["wall_s"] and new["judge"]["fp32_loss"] <= old["judge"]["fp32_loss"]}
+        out["×".join(pair)] = entry
+    return out
+
+
+def process_markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = ["# Time to a finished image: whole processes (issue 22)", ""]
+    if res["quick"]:
+        lines += ["**Smoke run: tiny sizes, the figures mean nothing.**", ""]
+    load = max(m["loadavg_start"][0], res.get("loadavg_end", [0])[0])
+    if load > 0.5 * m["threads"]:
+        lines += [f"**The machine was busy (load average up to {load:.1f}): times are unreliable.**", ""]
+    lines += [
+        f"{m['cpu']}, {m['threads']} threads; {m['date']}; native bf16: {'yes' if res['native_bf16'] else 'no'}.",
+        "",
+        "Each row is one process, timed from spawn to exit (imports, model, targets, optimization, writing the PNG); the "
+        "onnxstyle ones after one untimed run that compiles the same shapes (a user's second run). `old`: `onnxstyle "
+        "stylize C S -o out.png --iterations 300` (the fixed schedule of before); `new`: the same without `--iterations` "
+        "(the √2 pyramid with the stop rule); `torch-bf16`: torch.optim.LBFGS as the PyTorch tutorial runs it, 300 "
+        "evaluations, the loss under `torch.autocast('cpu', dtype=torch.bfloat16)`. Judge (benchmarks/judge.py): the "
+        "fp32 loss on onnxruntime, and the sliced-Wasserstein distance of VGG features to the style (mean over style "
+        "layers, each relative to the style's spread); lower is better.",
+        "",
+    ]
+    for px, e in res["sizes"].items():
+        lines += [f"## {px} px", "", "| pair | strategy | wall | evaluations | fp32 loss | SWD |", "| --- | --- | --- | --- | --- | --- |"]
+        for r in e["rows"]:
+            j = r["judge"]
+            lines.append(f"| {' × '.join(r['pair'])} | {r['strategy']} | {r['wall_s']:.1f} s | {r['evaluations']} | {j['fp32_loss']:.5g} | {j['swd_mean']:.4g} |")
+        lines += ["", "| pair | new / torch wall (goal) | judged no worse than torch | new / old wall | new / old fp32 loss | new ≤ old on both |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for pair, s in e["summary"].items():
+            vt, vo = s.get("vs_torch"), s.get("vs_old")
+            a = f"{vt['wall_ratio']:.3f} (≤ {vt['goal'] or 1 / 3:.3f}): {'met' if vt['met'] else '**not met**'}" if vt else "—"
+            b = ("yes" if vt["no_worse"] else "**no**") if vt else "—"
+            c = f"{vo['wall_ratio']:.3f}" if vo else "—"
+            d = f"{vo['loss_ratio']:.4f}" if vo else "—"
+            f = ("yes" if vo["met"] else "**no**") if vo else "—"
+            lines.append(f"| {pair} | {a} | {b} | {c} | {d} | {f} |")
+        lines.append("")
+    lines += [f"Plot: `{res.get('plot') or 'not written (no matplotlib)'}`.", "", f"Reproduce: `{res['command']}`", ""]
+    return "\n".join(lines)
+
+
+def plot_processes(res: dict[str, Any], path: Path) -> str | None:
+    """Loss against process seconds per strategy, a panel per size × pair: each process's own loss
+    at its output-size stage (bf16 for onnxstyle and torch-bf16: their own rounding), and its
+    judged fp32 loss as a marker at its exit."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    sizes = list(res["sizes"])
+    pairs = sorted({tuple(r["pair"]) for e in res["sizes"].values() for r in e["rows"]})
+    if not pairs:
+        return None
+    fig, axes = plt.subplots(len(sizes), len(pairs), figsize=(4 * len(pairs), 3.2 * len(sizes)), squeeze=False)
+    colours = {"old": "tab:blue", "new": "tab:green", "torch-bf16": "tab:red", "torch-fp32": "tab:orange"}
+    for i, px in enumerate(sizes):
+        for k, pair in enumerate(pairs):
+            ax = axes[i][k]
+            for r in (r for r in res["sizes"][px]["rows"] if tuple(r["pair"]) == pair):
+                pts = [(t, loss) for t, _, stage, stages, loss in r["trace"] if stage == stages]
+                c = colours.get(r["strategy"], "black")
+                if pts:
+                    ax.plot(*zip(*pts), color=c, lw=1, label=r["strategy"])
+                ax.plot([r["wall_s"]], [r["judge"]["fp32_loss"]], "o", color=c, ms=5)
+            ax.set_yscale("log")
+            ax.set_title(f"{px} px: {' × '.join(pair)}", fontsize=9)
+            ax.set_xlabel("seconds since the process started")
+            ax.set_ylabel("loss (line: own; dot: fp32 judge)")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return os.path.relpath(path, ROOT)
+
+
+def processes_main(args: argparse.Namespace, models: Path, threads: int, say: Callable[[str], None]) -> None:
+    from onnxstyle.runtime.providers import cpu_model
+
+    sizes = [int(s) for s in (args.sizes or ("96" if args.quick else "512,1024")).split(",") if s.strip()]
+    pairs = list(PAIRS[: args.pairs] if args.pairs else PAIRS)
+    strategies = [s.strip() for s in (args.process_strategies or ",".join(PROCESS_STRATEGIES)).split(",") if s.strip()]
+    if not native_bf16() or args.torch_fp32:
+        strategies = [("torch-fp32" if s == "torch-bf16" else s) for s in strategies]
+    work = args.out / "time_to_quality_images"
+    work.mkdir(parents=True, exist_ok=True)
+    res: dict[str, Any] = {
+        "command": " ".join(["python benchmarks/time_to_quality.py", *sys.argv[1:]]), "quick": args.quick, "native_bf16": native_bf16(),
+        "machine": {"cpu": cpu_model(), "threads": threads, "loadavg_start": os.getloadavg(),
+                    "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+        "strategies": strategies, "sizes": {},
+    }
+    plot = (args.out if args.quick else ROOT / "docs") / "time_to_quality_processes.png"
+    for px in sizes:
+        entry = res["sizes"][str(px)] = {"rows": [], "summary": {}}
+        for pair in pairs:
+            entry["rows"] += run_pair(px, pair, strategies, models, threads, work, say)
+            entry["summary"] = summarize(entry["rows"], px)
+            res["loadavg_end"] = os.getloadavg()
+            (args.out / "time_to_quality_processes.json").write_text(json.dumps(res, indent=1) + "\n")
+    res["plot"] = plot_processes(res, plot)
+    (args.out / "time_to_quality_processes.json").write_text(json.dumps(res, indent=1) + "\n")
+    (args.out / "time_to_quality_processes.md").write_text(process_markdown(res))
+    print((args.out / "time_to_quality_processes.md").read_text())
+
+
 # ---------------------------------------------------------------- orchestration
 
 
@@ -442,10 +738,18 @@ def main() -> None:
     ap.add_argument("--models", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results (--quick: a temporary folder)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 px, 20 reference evaluations")
+    ap.add_argument("--processes", action="store_true",
+                    help="issue 22: old default, new default and torch bf16 autocast as whole processes on the pairs, judged alike")
+    ap.add_argument("--pairs", type=int, default=None, help="--processes: the first N pairs only (default: all five)")
+    ap.add_argument("--process-strategies", default=None, help=f"--processes: of {', '.join(PROCESS_STRATEGIES)}, torch-fp32")
+    ap.add_argument("--torch-fp32", action="store_true", help="--processes: torch in fp32 eager instead of bf16 autocast")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--torch-process", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker is not None:
         return worker_main(json.loads(args.worker))
+    if args.torch_process is not None:
+        return torch_process_main(json.loads(args.torch_process))
 
     from onnxstyle.runtime.providers import cpu_model, physical_cores
 
@@ -470,6 +774,9 @@ def main() -> None:
         from onnxstyle.spec import export_settings_for
 
         models = resolve_models(export_settings_for("gatys"), log=say).folder
+    if args.processes:
+        args.out.mkdir(parents=True, exist_ok=True)
+        return processes_main(args, models, threads, say)
     res: dict[str, Any] = {
         "command": " ".join(["python benchmarks/time_to_quality.py", *sys.argv[1:]]), "quick": args.quick,
         "machine": {"cpu": cpu_model(), "threads": threads, "loadavg_start": os.getloadavg(),

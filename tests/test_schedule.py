@@ -212,3 +212,25 @@ def test_a_carried_memory_starts_the_next_run_and_comes_back() -> None:
     cold = lbfgs32(f, first.image, 4, history=5)
     assert warm.memory is carried  # the same object, updated in place
     assert warm.loss <= cold.loss
+
+
+def test_the_run_carries_pairs_between_stages_and_the_scale_where_they_would_not_line_up() -> None:
+    from types import SimpleNamespace
+
+    from onnxstyle.runtime.api import _carried
+    from onnxstyle.runtime.canvas import Canvas
+
+    mem = _memory(16, 4, 4)  # a 4x4 stage's memory; the next stage is 8x8
+    stage = SimpleNamespace(optimizer="lbfgs", history=10, tiled=False)
+    exact = Canvas((8, 8), (8, 8))
+    pairs = _carried(mem, "pairs", stage, (1, 3, 4, 4), exact)  # type: ignore[arg-type]
+    assert pairs is not None and len(pairs.s) == 3 and pairs.s[0].shape == (3 * 64,)
+    assert pairs.gamma == pytest.approx(4 * mem.gamma, rel=0.05)
+    scale = _carried(mem, "scale", stage, (1, 3, 4, 4), exact)  # type: ignore[arg-type]
+    assert scale is not None and not scale.s and scale.gamma == pytest.approx(4 * mem.gamma)
+    snapped = _carried(mem, "pairs", stage, (1, 3, 4, 4), Canvas((8, 8), (8, 12)))  # type: ignore[arg-type]
+    assert snapped is not None and not snapped.s and snapped.gamma == pytest.approx(6 * mem.gamma)
+    assert _carried(mem, "none", stage, (1, 3, 4, 4), exact) is None  # type: ignore[arg-type]
+    adam = SimpleNamespace(optimizer="adam", history=10, tiled=False)
+    assert _carried(mem, "pairs", adam, (1, 3, 4, 4), exact) is None  # type: ignore[arg-type]
+    assert RunSettings().carry_mode() == "pairs" and RunSettings(carry="scale").carry_mode() == "scale"
