@@ -53,7 +53,7 @@ def _parse(src: Path, defaults: dict[str, np.ndarray], fix_hint: str) -> Any:
         if defaults:
             weights_as_parameters(model, defaults)
     except Exception as e:  # OpenVINO's GeneralFailure and kin are not RuntimeErrors
-        raise ModelsError(f"{src} cannot be read by OpenVINO ({engine_message(e)}); re-export with: {fix_hint}") from e
+        raise ModelsError(f"{src} cannot be loaded by OpenVINO ({engine_message(e)}); re-export with: {fix_hint}") from e
     return model
 
 
