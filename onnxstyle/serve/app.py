@@ -1,7 +1,8 @@
 """The HTTP side: FastAPI routes over the worker pool, and the uvicorn server that runs them.
 
 JSON everywhere except images; every error is ``{"error": "<one line>"}`` with its status,
-never a traceback nor a server path. The service is opened (models checked, workers warm)
+never a traceback nor a server path. /openapi.json describes every route, body and status
+(schema.py); there is no /docs page: Swagger UI would load its assets from a CDN. The service is opened (models checked, workers warm)
 before uvicorn binds its port, so a bad start is one line and an exit code, not a log dump.
 """
 
@@ -17,11 +18,12 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -37,6 +39,7 @@ from ..spec import LossSpec
 from .events import EventHub
 from .intake import Admission, ApiError, Upload, parse_settings, prepare_job
 from .metrics import prometheus_text
+from .schema import Deleted, Health, JobView, binary, errors, events_response, job_request_body, without_fastapi_422
 from .settings import ServeConfig
 from .store import DONE, FAILED, FINISHED, PREVIEW, QUEUED, RESULT, JobRecord, JobStore, parse_job_id
 from .worker import WorkerSpec
@@ -113,11 +116,14 @@ def check_smallest_job(spec: LossSpec, admission: Admission, workers: int) -> No
 class UploadLimit:
     """Refuse a request body over the limit with 413, from its Content-Length before reading
     it, or while it streams in. A modestly oversized body is read to its end first, so the
-    client (still sending) reliably gets the answer instead of a reset connection."""
+    client (still sending) reliably gets the answer instead of a reset connection. A body
+    that has not fully arrived ``timeout`` seconds after the request began gets 408: a client
+    trickling bytes (or stalled) would otherwise hold its connection and spooled parts forever."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float) -> None:
         self.app = app
         self.limit = limit
+        self.timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -126,14 +132,26 @@ class UploadLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             if int(declared) <= 2 * self.limit:
-                await _drain(receive)
+                try:  # bounded too: a client that declares a body and sends none would hold us here
+                    await asyncio.wait_for(_drain(receive), self.timeout)
+                except asyncio.TimeoutError:
+                    pass
             await _send_json(send, 413, self._message(), close=True)
             return
         seen = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        complete = False
 
         async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete:  # after the body only http.disconnect comes (an event stream waits for it)
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the request body did not arrive within {self.timeout:g} s (--body-timeout)") from None
+            complete = message["type"] != "http.request" or not message.get("more_body", False)
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise ApiError(413, self._message())
@@ -174,8 +192,16 @@ def create_app(service: Service) -> ASGIApp:
         yield
         service.hub.close()
 
-    app = FastAPI(title="onnxstyle", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # /openapi.json for client generators, validators and fuzzers. No /docs nor /redoc: their
+    # pages load Swagger UI / ReDoc from a CDN, and the service must work offline. No slash
+    # redirects: an API answers /v1/jobs/x/ with 404, not a 307 to somewhere else.
+    app = FastAPI(
+        title="onnxstyle", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+        openapi_url="/openapi.json", redirect_slashes=False,
+        description="Neural style transfer jobs: submit a photo and style images, follow the progress, fetch the PNG.",
+    )
     _add_error_handlers(app, service)
+    _describe(app)
     if service.config.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -186,7 +212,28 @@ def create_app(service: Service) -> ASGIApp:
     _add_page_routes(app)
     _add_job_routes(app, service)
     _add_ops_routes(app, service)
-    return UploadLimit(app, service.config.max_upload_bytes)
+    return UploadLimit(app, service.config.max_upload_bytes, service.config.body_timeout)
+
+
+def _describe(app: FastAPI) -> None:
+    """/openapi.json: FastAPI's, made once, less the validation-error shape we never send."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = without_fastapi_422(default())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onnxstyle")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0"
 
 
 def _add_error_handlers(app: FastAPI, service: Service) -> None:
@@ -222,18 +269,21 @@ def _add_page_routes(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
 
 
-def _auth(service: Service) -> Callable[[Request], Awaitable[None]]:
+def _auth(service: Service) -> list[Any]:
+    """The token check as a route dependency; none without a token, so that the schema
+    declares a bearer scheme (and 401) only where one is required."""
     token = service.config.token
+    if token is None:
+        return []
+    # auto_error=False: a missing or non-bearer header is our 401 with our message, not FastAPI's 403.
+    bearer = HTTPBearer(auto_error=False, description="the server's --token (or $ONNXSTYLE_TOKEN)")
 
-    async def check(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+    async def check(credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer)) -> None:
+        given = credentials.credentials.strip() if credentials is not None else ""
+        if not given or not hmac.compare_digest(given.encode(), token.encode()):
             raise ApiError(401, "missing or wrong bearer token (send Authorization: Bearer <token>)")
 
-    return check
+    return [Depends(check)]
 
 
 def _job(service: Service, job_id: str) -> JobRecord:
@@ -255,10 +305,16 @@ def _not_ready(job: JobRecord, what: str) -> ApiError:
 
 
 def _add_job_routes(app: FastAPI, service: Service) -> None:
-    auth = [Depends(_auth(service))]
+    auth, config = _auth(service), service.config
 
-    @app.post("/v1/jobs", status_code=202, dependencies=auth)
+    @app.post(
+        "/v1/jobs", status_code=202, dependencies=auth, response_model=None, openapi_extra=job_request_body(config),
+        responses={202: {"model": JobView, "description": "queued; Location: the job's URL",
+                         "headers": {"Location": {"schema": {"type": "string"}}}},
+                   **errors(config, 400, 408, 413, 415, 422, 429)},
+    )
     async def create_job(request: Request) -> JSONResponse:
+        """Submit a job: multipart ``content`` (one image), ``style`` (one or more), ``settings`` (JSON)."""
         if service.pool.queue_full():
             raise ApiError(429, f"the queue is full ({service.config.queue} jobs waiting); try again later")
         content, styles, settings_text = await _read_form(request, service.config.max_styles)
@@ -272,38 +328,19 @@ def _add_job_routes(app: FastAPI, service: Service) -> None:
             raise ApiError(429, f"the queue is full ({service.config.queue} jobs waiting); try again later")
         return JSONResponse(record.public(), status_code=202, headers={"Location": f"/v1/jobs/{record.id}"})
 
-    @app.get("/v1/jobs/{job_id}", dependencies=auth)
-    async def get_job(job_id: str) -> dict[str, Any]:
-        return _job(service, job_id).public()
+    @app.get("/v1/jobs/{job_id}", dependencies=auth, response_model=JobView, responses=errors(config, 404))
+    async def get_job(job_id: str) -> JSONResponse:
+        """The job's status, progress and links."""
+        return JSONResponse(_job(service, job_id).public())
 
-    @app.get("/v1/jobs/{job_id}/events", dependencies=auth)
-    async def job_events(job_id: str, request: Request) -> StreamingResponse:
-        job = _job(service, job_id)
-        last = request.headers.get("last-event-id", "")
-        last_id = int(last) if last.strip().isdigit() else 0
-        stream = service.hub.stream(lambda: service.pool.get(job.id), job.id, last_id)
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-
-    @app.get("/v1/jobs/{job_id}/preview", dependencies=auth)
-    async def preview(job_id: str) -> Response:
-        job = _job(service, job_id)
-        data = await run_in_threadpool(_read, service.store.job_dir(job.id) / PREVIEW) if job.preview_step else None
-        if data is None:
-            raise _not_ready(job, "preview")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
-
-    @app.get("/v1/jobs/{job_id}/result", dependencies=auth)
-    async def result(job_id: str) -> Response:
-        job = _job(service, job_id)
-        data = await run_in_threadpool(_read, service.store.job_dir(job.id) / RESULT) if job.status == DONE else None
-        if data is None:
-            raise _not_ready(job, "result")
-        disposition = f'inline; filename="onnxstyle-{job.id[:8]}.png"'
-        return Response(data, media_type="image/png", headers={"Content-Disposition": disposition})
-
-    @app.delete("/v1/jobs/{job_id}", dependencies=auth)
+    @app.delete(
+        "/v1/jobs/{job_id}", dependencies=auth, response_model=None,
+        responses={200: {"model": JobView | Deleted, "description": "cancelled (queued job), or deleted (finished job)"},
+                   202: {"model": JobView, "description": "cancelling: the running job stops at its next evaluation"},
+                   **errors(config, 404)},
+    )
     async def delete_job(job_id: str) -> JSONResponse:
+        """Cancel an active job, or delete a finished one and its files."""
         job = _job(service, job_id)
         if job.status in FINISHED:  # nothing to cancel: the job and its files are removed
             await run_in_threadpool(service.store.delete, job.id)
@@ -315,6 +352,45 @@ def _add_job_routes(app: FastAPI, service: Service) -> None:
             return JSONResponse(view)
         view["cancelling"] = True  # the worker stops at its next evaluation
         return JSONResponse(view, status_code=202)
+
+    _add_job_file_routes(app, service, auth)
+
+
+def _add_job_file_routes(app: FastAPI, service: Service, auth: list[Any]) -> None:
+    config = service.config
+    events = events_response()
+
+    @app.get("/v1/jobs/{job_id}/events", dependencies=auth, response_class=StreamingResponse,
+             responses={200: events, **errors(config, 404)})
+    async def job_events(job_id: str, request: Request) -> StreamingResponse:
+        """Progress as it happens: one ``progress`` event per evaluation, then the outcome."""
+        job = _job(service, job_id)
+        last = request.headers.get("last-event-id", "")
+        last_id = int(last) if last.strip().isdigit() else 0
+        stream = service.hub.stream(lambda: service.pool.get(job.id), job.id, last_id)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+    @app.get("/v1/jobs/{job_id}/preview", dependencies=auth, response_class=Response,
+             responses={200: binary("image/jpeg", "the latest preview"), **errors(config, 404, 409, 422)})
+    async def preview(job_id: str, step: Optional[int] = None) -> Response:
+        """The latest preview JPEG (``step`` only makes each preview's URL distinct for caches)."""
+        job = _job(service, job_id)
+        data = await run_in_threadpool(_read, service.store.job_dir(job.id) / PREVIEW) if job.preview_step else None
+        if data is None:
+            raise _not_ready(_job(service, job_id), "preview")  # deleted meanwhile: 404, not 409
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    @app.get("/v1/jobs/{job_id}/result", dependencies=auth, response_class=Response,
+             responses={200: binary("image/png", "the result, with its settings in the PNG's text"), **errors(config, 404, 409)})
+    async def result(job_id: str) -> Response:
+        """The result PNG, once the job is done."""
+        job = _job(service, job_id)
+        data = await run_in_threadpool(_read, service.store.job_dir(job.id) / RESULT) if job.status == DONE else None
+        if data is None:
+            raise _not_ready(_job(service, job_id), "result")  # deleted meanwhile: 404, not 409
+        disposition = f'inline; filename="onnxstyle-{job.id[:8]}.png"'
+        return Response(data, media_type="image/png", headers={"Content-Disposition": disposition})
 
 
 def _read(path: Path) -> bytes | None:
@@ -364,13 +440,18 @@ async def _text(value: Any) -> str:
 
 
 def _add_ops_routes(app: FastAPI, service: Service) -> None:
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> JSONResponse:
+        """Liveness and load; needs no token."""
         stats = service.pool.stats()
-        return {"status": "ok", "workers": stats["workers_ready"], "queued": stats["queued"], "running": stats["running"]}
+        return JSONResponse({"status": "ok", "workers": stats["workers_ready"], "queued": stats["queued"], "running": stats["running"]})
 
-    @app.get("/metrics", dependencies=[Depends(_auth(service))])
+    metrics_text = {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+
+    @app.get("/metrics", dependencies=_auth(service), response_class=Response,
+             responses={200: metrics_text, **errors(service.config)})
     async def metrics() -> PlainTextResponse:
+        """Queue, jobs, workers, throughput and memory budget for Prometheus."""
         text = prometheus_text(service.pool.stats(), service.store.counts(), service.budget)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 

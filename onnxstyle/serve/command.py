@@ -37,6 +37,8 @@ TokenOpt = Annotated[
 ]
 MaxUploadOpt = Annotated[float, typer.Option(min=0.001, help="largest request body, in MB")]
 MaxSizeOpt = Annotated[int, typer.Option(min=32, help="largest output side a job may ask for, in px")]
+MaxEvalOpt = Annotated[int, typer.Option(min=1, help="most evaluations a job may ask for, over all its stages")]
+BodyTimeoutOpt = Annotated[float, typer.Option(min=0.001, help="seconds a request body may take to arrive; then 408")]
 BudgetOpt = Annotated[
     Optional[int],
     typer.Option(min=1, help="memory for the server and its workers, in MB", show_default="available at start minus --memory-margin"),
@@ -81,6 +83,8 @@ def serve(
     token: TokenOpt = None,
     max_upload: MaxUploadOpt = DEFAULTS.max_upload_mb,
     max_size: MaxSizeOpt = DEFAULTS.max_size,
+    max_evaluations: MaxEvalOpt = DEFAULTS.max_evaluations,
+    body_timeout: BodyTimeoutOpt = DEFAULTS.body_timeout,
     max_pixels: MaxPixelsOpt = DEFAULTS.max_pixels,
     memory_budget: BudgetOpt = None,
     memory_margin: MarginOpt = DEFAULTS.memory_margin_mb,
@@ -103,7 +107,8 @@ def serve(
     ref = resolve_models(export_settings_for("gatys"), models, log=say)
     config = ServeConfig(
         models=ref.folder, fix=ref.fix, host=host, port=port, workers=workers, queue=queue, data=data, token=token,
-        max_upload_mb=max_upload, max_size=max_size, max_pixels=max_pixels, memory_budget_mb=memory_budget,
+        max_upload_mb=max_upload, max_size=max_size, max_evaluations=max_evaluations,
+        body_timeout=body_timeout, max_pixels=max_pixels, memory_budget_mb=memory_budget,
         memory_margin_mb=memory_margin, cors_origins=tuple(cors_origin or ()),
         engine=EngineConfig(device.value, device_id, threads, precision.value),
     )

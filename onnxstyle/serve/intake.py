@@ -27,6 +27,8 @@ from .store import QUEUED, JobRecord, JobStore, input_names, new_job_id, save_ar
 
 # Below this the deepest VGG layers (stride 16) would see no pixels at all.
 MIN_SIDE = 16
+# Every setting fits in a few hundred bytes; a megabyte of "settings" is an attack on the parser.
+MAX_SETTINGS_BYTES = 64 * 1024
 
 
 class ApiError(Exception):
@@ -73,11 +75,16 @@ def _validation_message(e: ValidationError) -> str:
 
 
 def parse_settings(text: str | None, styles: int, export_preset: str, config: ServeConfig) -> RunSettings:
-    """The ``settings`` field: 400 if it is not JSON, 422 if it asks for what cannot be run."""
+    """The ``settings`` field: 400 if it is not JSON, 413 if it is huge, 422 if it asks for
+    what cannot be run."""
+    if text is not None and len(text) > MAX_SETTINGS_BYTES:
+        raise ApiError(413, f"settings: {len(text) / 1024:.0f} KB of text, over the limit of {MAX_SETTINGS_BYTES // 1024} KB")
     try:
         raw = json.loads(text) if text and text.strip() else {}
     except ValueError as e:
         raise ApiError(400, f"settings: not valid JSON ({e})") from None
+    except RecursionError:  # json's C parser recurses once per level: [[[[… a few thousand deep
+        raise ApiError(400, "settings: not valid JSON (nested too deeply)") from None
     if not isinstance(raw, dict):
         raise ApiError(422, "settings: expected a JSON object such as {\"size\": 256}")
     try:
@@ -88,6 +95,11 @@ def parse_settings(text: str | None, styles: int, export_preset: str, config: Se
     if preset != export_preset:
         raise ApiError(422, f"settings.preset {remote.preset!r}: this server runs the {export_preset} export")
     explicit = remote.model_dump(exclude={"preset", "lr"})
+    if remote.scales:
+        # As the CLI: the last scale is the output's size, and what the style side is taken from.
+        if remote.size is not None and remote.size != remote.scales[-1]:
+            raise ApiError(422, f"settings: --size {remote.size} differs from the last of --scales ({remote.scales[-1]})")
+        explicit["size"] = remote.scales[-1]
     for key in ("style_blend", "scales", "scale_iterations"):
         if explicit[key] is not None:
             explicit[key] = tuple(explicit[key])

@@ -76,6 +76,9 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()
     # Progress events kept per job for Last-Event-ID replays (one per evaluation).
     event_history: int = 2000
+    # Seconds a whole request body may take to arrive (a 20 MB upload at 1 Mbit/s is under
+    # three minutes); then 408. A client trickling or stalled would hold its connection forever.
+    body_timeout: float = 300.0
     # Seconds a worker may take to start and warm up before the server gives up on it.
     start_timeout: float = 180.0
 
@@ -92,6 +95,7 @@ class ServeConfig:
             (self.memory_budget_mb is None or self.memory_budget_mb > 0, "memory-budget must be more than 0 MB"),
             (self.memory_margin_mb >= 0, "memory-margin must be 0 MB or more"),
             (self.preview_every >= 1, "preview-every must be 1 or more"),
+            (self.body_timeout > 0, "body-timeout must be more than 0 s"),
         ]
         for ok, message in checks:
             if not ok:

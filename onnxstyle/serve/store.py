@@ -12,6 +12,7 @@ import dataclasses
 import fcntl
 import io
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -109,8 +110,8 @@ class JobRecord:
             "status": self.status,
             "step": self.step,
             "iterations": self.iterations,
-            "loss": self.loss,
-            "terms": self.terms,
+            "loss": _finite(self.loss),
+            "terms": {k: _finite(v) for k, v in self.terms.items()},
             "stage": self.stage,
             "stages": self.stages,
             "elapsed": round(self.elapsed, 3),
@@ -130,6 +131,11 @@ class JobRecord:
         if self.warning is not None:
             view["warning"] = self.warning
         return view
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no inf nor NaN (a diverging run's loss): null instead of a body no parser reads."""
+    return value if value is None or math.isfinite(value) else None
 
 
 class JobStore:
@@ -207,10 +213,14 @@ class JobStore:
         folder = self.job_dir(job_id)
         with self._transaction() as db:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        # Two DELETEs of one job may run at once (in the threadpool): whatever the other
+        # removed first is not an error.
         for path in sorted(folder.glob("*")) if folder.is_dir() else []:
             path.unlink(missing_ok=True)
-        if folder.is_dir():
+        try:
             folder.rmdir()
+        except FileNotFoundError:
+            pass
 
     def recover(self) -> list[JobRecord]:
         """After a restart: jobs that were running are failed with the reason (re-running a
