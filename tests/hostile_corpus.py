@@ -498,6 +498,8 @@ def damage_cases() -> list[Case]:
         Case("tiff-ifd-loop", ".tif", _tiff_loop(), "any", "multi-page TIFF whose next-IFD pointer points at itself"),
         Case("tiff-strip-outside", ".tif", tiff(quadrants(), 2, more={273: ("I", [10_000_000])}), "refuse",
              "TIFF whose strip lies past the end of the file"),
+        Case("tiff-jpeg-bad-tables", ".tif", _tiff_jpeg_bad_tables(), "refuse",
+             "JPEG-in-TIFF with broken JPEGTables: libtiff prints to fd 2 unless silenced"),
         Case("bmp-huge", ".bmp", _bmp_sized(100_000, 100_000), "refuse", "BMP header claiming 100000x100000"),
         Case("bmp-negative", ".bmp", _bmp_sized(W, -(2**31)), "refuse", "BMP with height -2^31"),
         Case("webp-huge", ".webp", _webp_huge(), "refuse", "WebP VP8X claiming 16384x16384"),
@@ -510,6 +512,14 @@ def _tiff_loop() -> bytes:
     ifd = struct.unpack("<I", data[4:8])[0]
     n = struct.unpack("<H", data[ifd : ifd + 2])[0]
     struct.pack_into("<I", data, ifd + 2 + 12 * n, ifd)
+    return bytes(data)
+
+
+def _tiff_jpeg_bad_tables() -> bytes:
+    """The quantization tables' ids in a JPEG-compressed TIFF's JPEGTables made invalid."""
+    data = bytearray(pil_bytes(Image.fromarray(quadrants()), "TIFF", compression="jpeg"))
+    at = data.index(b"\xff\xdb")
+    data[at + 4] = 0x0F  # Pq/Tq: table id 15, which does not exist
     return bytes(data)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import os
 import struct
 import tempfile
@@ -84,18 +85,21 @@ def _open(data: bytes) -> Image.Image:
 
 class _QuietDecoders:
     """Drops Pillow's warnings ("Corrupt EXIF data", "Truncated File Read", bomb warnings)
-    while images are decoded: a file is either read or refused with one line of ours.
+    and its log records (TiffImagePlugin logs "More samples per pixel than can be decoded"
+    at ERROR, which Python's last-resort handler prints to stderr when no logging is set
+    up) while images are decoded: a file is either read or refused with one line of ours.
 
-    warnings.catch_warnings is process-wide state and decodes run in the service's thread
-    pool, so nested or concurrent decodes share one catch_warnings, entered by the first
-    and left by the last (a count under a lock); only warnings issued from Pillow's
-    modules, and from this one on their behalf, are ignored meanwhile.
+    Both are process-wide state and decodes run in the service's thread pool, so nested or
+    concurrent decodes share one window, opened by the first and closed by the last (a
+    count under a lock); only warnings issued from Pillow's modules (and this one on their
+    behalf) and the "PIL" loggers are silenced meanwhile.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._depth = 0
         self._ctx: warnings.catch_warnings | None = None
+        self._level = logging.NOTSET
 
     def __enter__(self) -> None:
         with self._lock:
@@ -105,6 +109,8 @@ class _QuietDecoders:
                 warnings.filterwarnings("ignore", module=r"(PIL|onnxstyle\.runtime\.image_io)(\.|$)")
                 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
                 self._ctx = ctx
+                self._level = _PIL_LOGGER.level
+                _PIL_LOGGER.setLevel(logging.CRITICAL + 1)  # its plugins' loggers inherit it
             self._depth += 1
 
     def __exit__(self, *exc: object) -> None:
@@ -113,9 +119,40 @@ class _QuietDecoders:
             if self._depth == 0 and self._ctx is not None:
                 self._ctx.__exit__(None, None, None)
                 self._ctx = None
+                _PIL_LOGGER.setLevel(self._level)
 
 
+_PIL_LOGGER = logging.getLogger("PIL")
 _QUIET = _QuietDecoders()
+
+
+def _silence_libtiff() -> bool:
+    """Unset libtiff's default error and warning handlers, which print to fd 2 from C
+    ("JPEGLib: Bogus Huffman table definition.", "LZWDecode: ...") past Python's sys.stderr:
+    a damaged compressed TIFF would print lines besides our one. Pillow still sees the
+    failure (the decoder returns an error), only the printing stops. The library is found
+    among the process's mappings (Linux: Pillow's bundled copy or the system's), loaded
+    once by Pillow already; elsewhere nothing is done and libtiff may still print.
+    Process-wide and thread-safe (a pointer set once); nothing else here relies on it."""
+    try:
+        import ctypes
+
+        from PIL import _imaging  # noqa: F401  (maps libtiff into the process)
+
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "libtiff" in line and "/" in line}
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            lib.TIFFSetErrorHandler.restype = lib.TIFFSetWarningHandler.restype = ctypes.c_void_p
+            lib.TIFFSetErrorHandler.argtypes = lib.TIFFSetWarningHandler.argtypes = [ctypes.c_void_p]
+            lib.TIFFSetErrorHandler(None)
+            lib.TIFFSetWarningHandler(None)
+        return bool(paths)
+    except (OSError, AttributeError, ImportError):
+        return False
+
+
+_LIBTIFF_SILENT = _silence_libtiff()
 
 
 @contextlib.contextmanager
