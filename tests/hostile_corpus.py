@@ -15,14 +15,14 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Optional
 
 import numpy as np
 from PIL import Image, ImageCms
 
-Check = Callable[[np.ndarray, Optional[np.ndarray]], None]
+Check = Callable[[np.ndarray, np.ndarray | None], None]
 
 H, W = 32, 48  # multiples of 16: JPEG blocks and chroma subsampling stay inside quadrants
 
@@ -34,8 +34,8 @@ class Case:
     data: bytes
     expect: str  # "ok" or "refuse"
     why: str
-    check: Optional[Check] = None
-    match: Optional[str] = None  # a regex the refusal message must contain
+    check: Check | None = None
+    match: str | None = None  # a regex the refusal message must contain
 
 
 # ---- reference pictures ----------------------------------------------------------------
@@ -71,11 +71,11 @@ def pil_bytes(im: Image.Image, fmt: str, **options: object) -> bytes:
 # ---- checks ----------------------------------------------------------------------------
 
 
-def near(expected_rgb: np.ndarray, tol: float, alpha: Optional[np.ndarray] = None, atol_alpha: float = 1 / 255) -> Check:
+def near(expected_rgb: np.ndarray, tol: float, alpha: np.ndarray | None = None, atol_alpha: float = 1 / 255) -> Check:
     """Mean absolute difference under ``tol`` (lossy codecs); alpha within a step if given."""
     expected = expected_rgb.astype(np.float32) / (255 if expected_rgb.dtype == np.uint8 else 1)
 
-    def check(rgb: np.ndarray, got_alpha: Optional[np.ndarray]) -> None:
+    def check(rgb: np.ndarray, got_alpha: np.ndarray | None) -> None:
         assert rgb.shape == expected.shape, (rgb.shape, expected.shape)
         diff = float(np.abs(rgb - expected).mean())
         assert diff < tol, f"mean difference {diff:.4f} over {tol}"
@@ -92,7 +92,7 @@ def grey_ramp(tol: float = 1.5 / 255) -> Check:
 
 
 def shape_only(h: int = H, w: int = W) -> Check:
-    def check(rgb: np.ndarray, alpha: Optional[np.ndarray]) -> None:
+    def check(rgb: np.ndarray, alpha: np.ndarray | None) -> None:
         assert rgb.shape == (h, w, 3)
 
     return check
@@ -126,7 +126,7 @@ def tiff(
     planar: bool = False,
     extra: tuple[int, ...] = (),
     pages: int = 1,
-    more: Optional[dict[int, tuple[str, list[int]]]] = None,
+    more: dict[int, tuple[str, list[int]]] | None = None,
 ) -> bytes:
     """An uncompressed little-endian TIFF of HxWxS ``planes`` (any numeric dtype), one strip
     per plane when ``planar``; ``pages`` copies chained as a multi-page file."""
@@ -163,7 +163,7 @@ def tiff(
     return bytes(out)
 
 
-def bmp(indices_or_rgb: np.ndarray, bpp: int, palette: Optional[np.ndarray] = None) -> bytes:
+def bmp(indices_or_rgb: np.ndarray, bpp: int, palette: np.ndarray | None = None) -> bytes:
     """A bottom-up BI_RGB BMP: 1/4/8 bits (palette indices), 16 (X1R5G5B5) or 32 (XRGB)."""
     h, w = indices_or_rgb.shape[:2]
     rows = []

@@ -16,9 +16,9 @@ import struct
 import tempfile
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
@@ -171,7 +171,7 @@ def _boundary(path: Path, what: str = "not an image onnxstyle can read") -> Iter
     except MemoryError:
         # A header within --max-pixels that still does not fit (or lies about its pixel size).
         raise ImageError(f"{path}: too large to decode in this machine's memory") from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (the boundary: see the docstring)
         raise ImageError(f"{path}: {what} ({engine_message(e)})") from None
 
 
@@ -215,7 +215,7 @@ def _orientation(im: Image.Image) -> int:
         exif = Image.Exif()
         exif.load(raw)
         value = int(exif.get(0x0112, 1))
-    except Exception:
+    except Exception:  # noqa: BLE001
         return 1
     return value if 1 <= value <= 8 else 1
 
@@ -338,7 +338,7 @@ def _tiff_sample(im: Image.Image) -> tuple[int, int] | None:
     if tags is None:
         return None
     fmt, bits = tags.get(339, (1,)), tags.get(258, (8,))
-    first = lambda v: int(v[0] if isinstance(v, tuple) else v)  # noqa: E731
+    first = lambda v: int(v[0] if isinstance(v, tuple) else v)
     return first(fmt), first(bits)
 
 
@@ -398,7 +398,7 @@ def _icc_to_srgb(im: Image.Image, target: str) -> Image.Image:
             return im
         out_mode = "RGBA" if im.mode == "RGBA" else "RGB"
         return ImageCms.profileToProfile(im, src, _srgb_profile(), outputMode=out_mode)
-    except Exception:  # a broken profile: ignored, the pixels are still good
+    except Exception:  # noqa: BLE001  (a broken profile: ignored, the pixels are still good)
         return im
 
 
