@@ -13,7 +13,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from onnxstyle.cli import app
-from onnxstyle.errors import DeviceError, EngineError, ModelsError, SizeError, engine_failure, engine_message
+from onnxstyle.errors import (
+    DeviceError,
+    EngineError,
+    ModelsError,
+    SizeError,
+    engine_failure,
+    engine_message,
+)
 from onnxstyle.runtime.backends import available_backends, is_parse_failure
 from onnxstyle.runtime.engine import Engine
 from onnxstyle.runtime.plan import check_sizes, plan_run

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NoReturn
 
 from ..errors import ResourceError, SizeError
 from ..spec import LossSpec
@@ -172,7 +173,8 @@ def check_sizes(
 def _refuse(
     spec: LossSpec, s: RunSettings, what: str, given: tuple[int, int], hw: tuple[int, int], stage: int, size: int,
     side_at: Callable[[RunSettings, int], int],
-) -> None:
+) -> NoReturn:
+    """Raise the SizeError for ``what`` (given as ``given``, ``hw`` at ``stage``), with a way out."""
     least = spec.min_side
     at = f"stage {stage} ({size} px)" if len(s.stages()) > 1 else f"{size} px"
     pools = least.bit_length() - 1
