@@ -19,6 +19,13 @@ and that image's callback timestamp is the run's time.
     python benchmarks/time_to_quality.py                    # 512 and 1024 px, hours: see README
     python benchmarks/time_to_quality.py --quick            # smoke run, a few minutes
 
+Issue 22, the user's view: whole `onnxstyle stylize` processes (old fixed schedule, new default)
+against a torch bf16-autocast tutorial script, on five pairs, each image judged by judge.py:
+
+    python benchmarks/time_to_quality.py --processes                   # 512 and 1024 px, all pairs: hours
+    python benchmarks/time_to_quality.py --processes --pairs 1 --sizes 512
+    python benchmarks/time_to_quality.py --processes --quick --pairs 1 --sizes 160   # smoke
+
 Every side and run is its own subprocess (torch blocked from importing in the onnxstyle
 ones), one after the other, with the same threads. Writes
 <out>/time_to_quality.{json,md} (rewritten after every run, so a long run's progress is

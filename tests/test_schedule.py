@@ -133,16 +133,17 @@ def test_pyramid_sizes_rise_by_root_two_to_the_size(size: int) -> None:
 def test_the_default_stages_are_the_pyramid() -> None:
     s = RunSettings(size=512)
     assert s.pyramid
-    assert s.stages() == [(128, 120), (184, 120), (256, 120), (360, 120), (512, 200)]
+    assert s.stages() == [(128, 80), (184, 80), (256, 80), (360, 80), (512, 200)]
     assert [n for n, _ in RunSettings(size=1024).stages()] == [128, 184, 256, 360, 512, 728, 1024]
     assert RunSettings(size=1024).stages()[-1] == (1024, 200)
     assert RunSettings(size=96).stages() == [(96, 200)]  # nothing coarser is worth a stage
     custom = RunSettings(size=512, pyramid_start=256, pyramid_coarse_iterations=50, pyramid_final_iterations=80)
     assert custom.stages() == [(256, 50), (360, 50), (512, 80)]
-    # Where the evaluations go: at most a third of the work (pixels × evaluations) is above
-    # half the output size, the cap of the output-size stage included.
-    work = [(n / 512) ** 2 * k for n, k in s.stages()]
-    assert sum(work[:3]) < sum(work) and work[-1] / sum(work) < 0.7
+    # The work (pixels × evaluations, in output-size evaluations) at the caps is under the old
+    # fixed schedule's, at 512 px (300) and at 1024 px ((512, 150) → (1024, 300): 337.5).
+    for size, old in ((512, 300), (1024, 337.5)):
+        work = sum((n / size) ** 2 * k for n, k in RunSettings(size=size).stages())
+        assert work < 0.95 * old
 
 
 def test_explicit_iterations_or_scales_keep_the_fixed_schedule() -> None:
