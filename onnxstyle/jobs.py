@@ -97,7 +97,7 @@ class StylizeJob:
         styles = [fit_longest(*self._header(p).oriented, side) for p in self.styles]
         masks = [fit_longest(*self._header(p).oriented, max(h, w)) for p in self.masks]
         held = inputs_bytes((h, w), styles, masks, self.init is not None, self.settings.preserve_color)
-        return stylizer.plan((h, w), self.settings, held)
+        return stylizer.plan((h, w), self.settings, held, [self._header(p).oriented for p in self.styles])
 
     def _style_side(self, h: int, w: int) -> int:
         return max(32, round(max(self.settings.size, max(h, w)) * self.settings.style_scale))

@@ -138,6 +138,22 @@ def test_cli_refuses_a_thin_content_before_the_engine_loads(caffe_export: Path, 
     assert not (tmp_path / "out.png").exists()
 
 
+def test_cli_refuses_a_thin_style_in_the_plan_naming_it(caffe_export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxstyle.runtime import engine as engine_module
+
+    built: list[str] = []
+    real = engine_module.make_runner
+    monkeypatch.setattr(engine_module, "make_runner", lambda *a, **k: built.append(a[2]) or real(*a, **k))
+    content, pano = _image(tmp_path / "c.png", 48, 64), _image(tmp_path / "pano.png", 35, 160)
+    base = ["stylize", str(content), str(pano), "-o", str(tmp_path / "out.png"), "--models", str(caffe_export), "--size", "64"]
+    for extra in ([], ["--dry-run"]):
+        r = runner.invoke(app, base + extra)
+        assert r.exit_code == 2, r.output
+        line = _error_line(r.output)
+        assert line.startswith("error: style") and "16 px" in line and "re-export" not in line
+    assert built == []  # refused by the plan: no graph was compiled or loaded
+
+
 # ---- an honest diagnosis -----------------------------------------------------------------
 def _copy(caffe_export: Path, tmp_path: Path) -> Path:
     folder = tmp_path / "models"

@@ -200,6 +200,24 @@ def test_size_that_differs_from_the_last_scale_is_refused_as_by_the_cli(server: 
             assert wait_status(c, job_id, ("done", "failed"))["status"] == "done"
 
 
+def test_too_thin_for_the_network_is_refused_with_the_plans_message(server: Server, caffe_export: Path) -> None:
+    """Issue 21: a working size with a side under the deepest layer's stride is refused up front
+    (422), with the same line the CLI's plan prints, for the content and for a style."""
+    from onnxstyle.contract import read_manifest
+    from onnxstyle.errors import SizeError
+    from onnxstyle.runtime.plan import check_sizes
+    from onnxstyle.runtime.settings import preset_run_settings
+
+    thin = cv2.imencode(".png", np.full((35, 160, 3), 128, np.uint8))[1].tobytes()
+    spec = read_manifest(caffe_export).spec
+    settings = preset_run_settings("gatys", size=64, iterations=1, shape_grid=True)
+    with server.client() as c:
+        for upload, args in ((files(thin), {}), (files(CONTENT, thin), {"styles": [(35, 160)]})):
+            with pytest.raises(SizeError) as want:
+                check_sizes(spec, (35, 160) if not args else (72, 96), settings, **args)
+            assert _error(submit(c, {"size": 64, "iterations": 1}, upload), 422) == str(want.value)
+
+
 # --- hostile requests -----------------------------------------------------------------------
 
 

@@ -13,20 +13,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import ImageError
+from ..errors import ImageError, SizeError
 from ..runtime.image_io import ImageHeader, fit_size, load_image, read_header
 from ..runtime.memory import estimate_run_bytes
+from ..runtime.plan import check_sizes
 from ..runtime.settings import RunSettings, preset_run_settings
 from ..spec import LossSpec, canonical_preset
 from .settings import ServeConfig
 from .store import QUEUED, JobRecord, JobStore, input_names, new_job_id, save_array, settings_record
 
 # Below this the deepest VGG layers (stride 16) would see no pixels at all.
-MIN_SIDE = 16
 # Every setting fits in a few hundred bytes; a megabyte of "settings" is an attack on the parser.
 MAX_SETTINGS_BYTES = 64 * 1024
 
@@ -150,12 +151,14 @@ def check_header(upload: Upload, max_pixels: int) -> ImageHeader:
     return header
 
 
-def plan_size(header: ImageHeader, settings: RunSettings) -> tuple[int, int]:
-    """(height, width) of the result; 422 if a stage would be too thin for the network."""
+def plan_size(header: ImageHeader, settings: RunSettings, spec: LossSpec, styles: Sequence[ImageHeader] = ()) -> tuple[int, int]:
+    """(height, width) of the result; 422 if the content or a style would be too thin for the
+    network at any stage (the plan's own rule, with the CLI's message)."""
     h, w = header.oriented
-    smallest = fit_size(h, w, settings.stages()[0][0], settings.fit)
-    if min(smallest) < MIN_SIDE:
-        raise ApiError(422, f"content: {w}x{h} is too elongated for {settings.stages()[0][0]} px (a side under {MIN_SIDE} px)")
+    try:
+        check_sizes(spec, (h, w), settings, styles=[st.oriented for st in styles])
+    except SizeError as e:
+        raise ApiError(422, str(e)) from None
     return fit_size(h, w, settings.stages()[-1][0], settings.fit)
 
 
@@ -199,9 +202,8 @@ def prepare_job(
 ) -> JobRecord:
     """Check and decode the uploads into a new job's folder; the queued record to submit."""
     content_header = check_header(content, config.max_pixels)
-    for style in styles:
-        check_header(style, config.max_pixels)
-    h, w = plan_size(content_header, settings)
+    style_headers = [check_header(style, config.max_pixels) for style in styles]
+    h, w = plan_size(content_header, settings, spec, style_headers)
     estimate = admit_memory(spec, (h, w), settings, admission)
     job_id = new_job_id()
     folder = store.job_dir(job_id)
@@ -215,8 +217,6 @@ def prepare_job(
         style_side = max(32, round(max(settings.size, h, w) * settings.style_scale))
         for style, name in zip(styles, input_names(len(styles))[1:]):
             srgb, _ = _decode(style, folder, style_side, config.max_pixels)
-            if min(srgb.shape[:2]) < MIN_SIDE:
-                raise ApiError(422, f"{style.label}: too elongated for a {style_side} px style image (a side under {MIN_SIDE} px)")
             save_array(folder / name, srgb)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
