@@ -429,7 +429,7 @@ def torch_process_main(cfg: dict[str, Any]) -> None:
         loss = loss.float()
         loss.backward()
         n["evals"] += 1
-        print(f"{TORCH_MARK}{n['evals']} {float(loss):.8g}", file=sys.stderr, flush=True)
+        print(f"{TORCH_MARK}{n['evals']} {loss.item():.8g}", file=sys.stderr, flush=True)
         return loss
 
     try:
@@ -498,14 +498,32 @@ def timed_process(cmd: list[str], threads: int) -> dict[str, Any]:
     return {"wall_s": wall, "evaluations": trace[-1][1] if trace else 0, "trace": trace}
 
 
+def prepared(pair: tuple[str, str], px: int, work: Path) -> tuple[Path | None, Path | None]:
+    """Content and style at ``px`` (longest side) as PNGs, what every process and the judge
+    read: each then resizes nothing, so no two decoders or resizers see different pixels
+    (the CLI may decode a JPEG reduced, from its header, before its own resize)."""
+    from onnxstyle.runtime.image_io import load_image, resize_longest, save_image
+
+    found = [find_image(stem) for stem in pair]
+    if None in found:
+        return None, None
+    out = []
+    for stem, path in zip(pair, found):
+        dest = work / f"input-{stem}-{px}.png"
+        if not dest.is_file():
+            save_image(dest, resize_longest(load_image(path)[0], px))
+        out.append(dest)
+    return out[0], out[1]
+
+
 def run_pair(px: int, pair: tuple[str, str], strategies: list[str], models: Path, threads: int, work: Path,
              say: Callable[[str], None]) -> list[dict[str, Any]]:
     """Every strategy on one pair at one size, one after the other; each image judged."""
     from judge import judge
 
-    from onnxstyle.runtime.image_io import load_image, resize_longest
+    from onnxstyle.runtime.image_io import load_image
 
-    content, style = find_image(pair[0]), find_image(pair[1])
+    content, style = prepared(pair, px, work)
     if content is None or style is None:
         say(f"  {pair[0]} × {pair[1]}: image not found, skipped")
         return []
@@ -518,7 +536,7 @@ def run_pair(px: int, pair: tuple[str, str], strategies: list[str], models: Path
             timed_process(warm, threads)
         row = {"pair": list(pair), "strategy": strategy, **timed_process(cmd, threads)}
         image = load_image(out)[0]
-        row["judge"] = judge(image, resize_longest(load_image(content)[0], px), load_image(style)[0], models, threads)
+        row["judge"] = judge(image, load_image(content)[0], load_image(style)[0], models, threads)
         row["image"] = str(out)
         say(f"  {px} px {pair[0]} × {pair[1]} {strategy:10s}: {row['wall_s']:.1f} s, {row['evaluations']} evaluations, "
             f"fp32 loss {row['judge']['fp32_loss']:.5g}, SWD {row['judge']['swd_mean']:.4g}")
