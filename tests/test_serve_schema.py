@@ -122,7 +122,7 @@ def test_fuzzed_requests_keep_to_the_schema(server: Server, schema: Any, capsys:
                 continue  # no parameters at all: nothing can be made invalid
 
             @given(case=op.as_strategy(generation_mode=mode), size=st.integers(32, MAX_SIZE), its=st.integers(1, MAX_EVALS))
-            @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate],
+            @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
                       suppress_health_check=list(HealthCheck))
             def run(case: Any, size: int, its: int) -> None:
                 _fitting(case, size, its)
