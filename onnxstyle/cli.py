@@ -101,8 +101,17 @@ Fp16Opt = Annotated[bool, typer.Option("--fp16", hidden=True, help="same as --pr
 SizeOpt = Annotated[Optional[int], typer.Option(min=32, help="longest side in px", show_default=f"{RUN.size}, or the preset's")]
 IterationsOpt = Annotated[
     Optional[int],
-    typer.Option(min=1, help="gradient evaluations per stage (coarse-to-fine: each stage)", show_default=f"{RUN.iterations}, or the preset's"),
+    typer.Option(
+        min=1, help="gradient evaluations per stage (coarse-to-fine: each stage), no stop rule",
+        show_default=f"the pyramid's caps ({RUN.pyramid_coarse_iterations} per coarse stage, {RUN.pyramid_final_iterations} at the size), or the preset's",
+    ),
 ]
+StopTolOpt = Annotated[
+    Optional[float],
+    typer.Option(min=0, max=0.999, help="end a stage when the best loss fell by less than this fraction over --stop-window evaluations; 0: never",
+                 show_default="0.002 at the size and 0.01 coarser for the pyramid; off with --iterations or --scales"),
+]
+StopWindowOpt = Annotated[Optional[int], typer.Option(min=0, help="evaluations the stop rule looks back over; 0: never stop early", show_default="20")]
 ContentWeightOpt = Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.content_weight:g}")]
 StyleWeightOpt = Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.style_weight:g}")]
 TvWeightOpt = Annotated[Optional[float], typer.Option(min=0, show_default=f"{SPEC.tv_weight:g}")]
@@ -413,6 +422,8 @@ def stylize(
     max_memory: MaxMemoryOpt = None,
     dry_run: DryRunOpt = False,
     save_every: Annotated[int, typer.Option(min=0, help="write an intermediate image every N evaluations")] = 0,
+    stop_tol: StopTolOpt = None,
+    stop_window: StopWindowOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Stylize CONTENT with STYLE(s); with no arguments, the bundled Tübingen × Starry Night demo."""
@@ -434,6 +445,7 @@ def stylize(
         init="image" if init_path else init, seed=seed, optimizer=optimizer.value if optimizer else None, adam_lr=lr,
         preserve_color=preserve_color.value if preserve_color else None, scales=stage_sizes,
         scale_iterations=ints("--scale-iterations", scale_iterations), tile=_tile(tile), max_memory=_max_memory(max_memory),
+        stop_tol=stop_tol, stop_window=stop_window,
     )
     if settings.style_blend and len(settings.style_blend) != len(styles):
         raise fail(f"--style-blend has {len(settings.style_blend)} weights for {len(styles)} style images", EXIT_USAGE)

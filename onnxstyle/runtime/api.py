@@ -118,7 +118,7 @@ class Stylizer:
         held = inputs_bytes(
             content.shape[:2], [st.shape[:2] for st in styles], [m.shape[:2] for m in masks], init_image is not None, s.preserve_color
         )
-        plan = self.plan(content.shape[:2], s, held)
+        plan = self.plan(content.shape[:2], s, held, [st.shape[:2] for st in styles])
         check_plan(plan)
 
         # Colour (Gatys et al. 2017): optimize luminance only, or recolour the styles first.
@@ -170,9 +170,12 @@ class Stylizer:
             raise Interrupted(self._finish(results, s, content) if results else None, e) from e
         return self._finish(results, s, content)
 
-    def plan(self, content_hw: tuple[int, int], settings: RunSettings, inputs: int | None = None) -> RunPlan:
+    def plan(
+        self, content_hw: tuple[int, int], settings: RunSettings, inputs: int | None = None, styles: Sequence[tuple[int, int]] = ()
+    ) -> RunPlan:
         """Stages, tiles, optimizer state and estimated peak memory, before anything is allocated;
-        ``inputs``: bytes of the inputs the run holds whole (memory.inputs_bytes)."""
+        ``inputs``: bytes of the inputs the run holds whole (memory.inputs_bytes); ``styles``: the
+        style images' (height, width), refused with the content if too thin for the network."""
         s = settings
         if s.tile != "off" and not self.engine.manifest.has(TILE_GRAD):
             if s.tile != "auto":
@@ -181,7 +184,7 @@ class Stylizer:
         budget = s.max_memory if s.max_memory is not None else default_budget()
         choice = self.engine.choice
         snap = s.shape_grid and choice.per_shape
-        return plan_run(self.engine.manifest.spec, content_hw, s, choice.backend, choice.precision, budget, inputs, snap)
+        return plan_run(self.engine.manifest.spec, content_hw, s, choice.backend, choice.precision, budget, inputs, snap, styles)
 
     def _stage_objective(
         self, stage: StagePlan, content: np.ndarray, styles: Sequence[np.ndarray], s: RunSettings, masks: list[np.ndarray],
