@@ -90,7 +90,7 @@ def test_the_plan_counts_the_inputs_the_run_will_hold(tmp_path: Path) -> None:
     from onnxstyle.runtime.memory import inputs_bytes
 
     class Recorder:
-        def plan(self, hw: tuple[int, int], settings: RunSettings, inputs: int | None = None) -> int | None:
+        def plan(self, hw: tuple[int, int], settings: RunSettings, inputs: int | None = None, styles: object = ()) -> int | None:
             return inputs
 
     for colour, init, masks in ((None, False, []), ("luminance", True, [STYLE])):

@@ -93,6 +93,7 @@ def test_fp16_storage_validates_and_costs_little(fp16_export, caffe_export: Path
         engine = Engine(f, EngineConfig(device="cpu"))
         ct, st = engine.features(content), engine.features(style)
         feeds = {**{k: v for k, v in ct.items() if k.startswith("content_")}, **{k: v for k, v in st.items() if k.startswith("gram_")}}
+        feeds["guide"] = np.ones((1, 1, *image.shape[2:]), np.float32)
         results.append(engine.loss_grad(image, feeds))
     a, b = results
     assert abs(a.loss - b.loss) / a.loss < 1e-2
@@ -140,6 +141,7 @@ def test_format_3_folders_still_load(caffe_export: Path, tmp_path: Path, device:
         engine = Engine(folder, EngineConfig(device=device, precision="fp32"))
         feats = engine.features(content)
         feeds = {k: v for k, v in feats.items() if k.startswith(("content_", "gram_"))}
+        feeds["guide"] = np.ones((1, 1, *image.shape[2:]), np.float32)
         out.append(engine.loss_grad(image * 0.9 + 0.05, feeds))
     assert engine.manifest.version == 3
     np.testing.assert_allclose(out[1].loss, out[0].loss, rtol=1e-4)
