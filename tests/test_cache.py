@@ -250,6 +250,45 @@ def test_every_command_runs_from_a_read_only_models_folder(caffe_export: Path, t
     assert (out / "s.png").is_file() and (out / "c.png").is_file() and (out / "sheet.png").is_file()
     if "batch" in runs:
         assert sorted(p.name for p in (out / "b").iterdir()) == ["starry_night.png", "tubingen.png"]
+    _video_and_serve_read_only(prefix, ro, env, out)
     assert _listing(watched) == before  # nothing written into the models folder
     compiled = {d.name.rsplit("-", 2)[0] for d in (tmp_path / "cache" / "compiled").iterdir() if d.is_dir()}
     assert {"features-openvino", "loss_grad-openvino", "features-onnxruntime", "loss_grad-onnxruntime"} <= compiled
+
+
+def _video_and_serve_read_only(prefix: list[str], ro: Path, env: dict[str, str], out: Path) -> None:
+    """video on a tiny clip, and a real server on loopback running one job, both with the
+    models folder read-only (the server's data folder is writable, as it must be)."""
+    import time
+    from fractions import Fraction
+
+    import httpx
+
+    from serve_helpers import files, free_port
+    from video_helpers import texture, write_clip
+
+    clip = out / "in" / "clip.mp4"
+    write_clip(clip, [texture(32, 48, seed) for seed in range(3)], Fraction(10))
+    r = subprocess.run([*prefix, str(ONNXSTYLE), "video", str(clip), str(DATA / "starry_night.png"), "-o", str(out / "v.mp4"),
+                        "--models", str(ro), "--size", "48", "--iterations", "1", "-q"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and (out / "v.mp4").stat().st_size > 0, f"video: {r.stderr}"
+    port, data = free_port(), out / "serve-data"
+    server = subprocess.Popen([*prefix, str(ONNXSTYLE), "serve", "--models", str(ro), "--data", str(data), "--port", str(port),
+                               "--workers", "1", "--threads", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        job = httpx.post(url + "/v1/jobs", files=files(), data={"settings": '{"size": 48, "iterations": 1}'}, timeout=30)
+        assert job.status_code == 202, job.text
+        while (status := httpx.get(f"{url}/v1/jobs/{job.json()['id']}", timeout=10).json()["status"]) in ("queued", "running"):
+            assert time.monotonic() < deadline, "the job did not finish"
+            time.sleep(0.2)
+        assert status == "done", status
+    finally:
+        server.terminate()
+        server.wait(30)

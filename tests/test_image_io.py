@@ -189,3 +189,17 @@ def test_output_path_checks(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="does not exist"):
         check_output_path(tmp_path / "afile" / "o.png")
     assert check_output_path(tmp_path / "fine.webp") == tmp_path / "fine.webp"
+
+
+def test_the_working_size_comes_from_the_header_not_a_reduced_decode(tmp_path: Path) -> None:
+    """A JPEG decoded at 1/2 or 1/4 scale is resized to the fit of its full size: 1024x341 at
+    256 px is 256x85 as every front end computes it (the 1/2 decode, 512x171, would give 86)."""
+    from PIL import Image as PILImage
+
+    from onnxstyle.runtime.image_io import fit_longest, load_image
+
+    rng = np.random.default_rng(0)
+    for w, h in ((1024, 341), (221, 662), (1024, 410), (691, 768)):
+        p = tmp_path / f"p{w}x{h}.jpg"
+        PILImage.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p, quality=90)
+        assert load_image(p, 256)[0].shape[:2] == fit_longest(h, w, 256)

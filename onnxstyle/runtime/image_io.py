@@ -63,6 +63,14 @@ class ImageHeader:
         return (self.width, self.height) if turned else (self.height, self.width)
 
 
+def _full_size(header: ImageHeader, decoded: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of the picture at full resolution: the header's, where the decode is that
+    picture (turned as the header says; a reduced decode only scaled it), else the decode's."""
+    h, w = header.oriented
+    dh, dw = decoded
+    return (h, w) if abs(h * dw - w * dh) <= max(h, w) * max(dh, dw) * 0.02 else (dh, dw)
+
+
 # The formats Pillow may open. An allow-list, not everything Pillow registers: EPS would run
 # Ghostscript on the file, and TGA, ICO and the scientific formats have no magic number, so
 # random bytes could be taken for one of them.
@@ -451,8 +459,11 @@ def decode_image(
     with _boundary(path):
         raw = _pixels(data, header, max_side)
         if max_side is not None:
-            # Still 8/16-bit, so no float copy at the input's full size ever exists.
-            raw = resize(raw, *fit_longest(raw.shape[0], raw.shape[1], max_side))
+            # Still 8/16-bit, so no float copy at the input's full size ever exists. The size
+            # comes from the header, not from a reduced decode (341x1024 decoded at 1/2 is
+            # 171x512, which fits 256 px as 86x256, where the photo itself gives 85x256): every
+            # front end then agrees on the output's exact size.
+            raw = resize(raw, *fit_longest(*_full_size(header, raw.shape[:2]), max_side))
         alpha = _to_float(raw[:, :, 3]) if raw.shape[2] == 4 else None
         rgb = _to_float(raw[:, :, :3])
     return np.ascontiguousarray(rgb), alpha
