@@ -155,8 +155,8 @@ class Stylizer:
                         e.partial.image = canvas.crop(e.partial.image)
                     raise
                 r.image = canvas.crop(r.image)
-                memory, r.memory = r.memory, None  # held here only until the next stage takes it
-                memory = memory if s.carry_mode() != "none" else None
+                # Held here only until the next stage takes it (and not at all without a carry).
+                memory, r.memory = (r.memory if s.carry_mode() != "none" else None), None
                 results.append(r)
                 x = r.image
                 if r.error:
