@@ -35,7 +35,7 @@ from onnxstyle.batch.worker import ModelsSource, Outcome, WorkerSpec  # noqa: E4
 from onnxstyle.runtime.image_io import load_image  # noqa: E402
 from onnxstyle.runtime.providers import cpu_model, physical_cores  # noqa: E402
 from onnxstyle.runtime.settings import EngineConfig, RunSettings  # noqa: E402
-from onnxstyle.spec import export_settings_for  # noqa: E402
+from onnxstyle.exportdir import export_settings_for# noqa: E402
 
 SHARED = ROOT.parent / "shared" / "images"
 TARGETS = {"ray_2x1_over_1x1": 1.7, "ray_2x1_over_local": 1.0}

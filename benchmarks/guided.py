@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def per_eval(folder: Path, device: str, size: int, evals: int) -> dict[str, Any]:
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.image_io import load_image
     from onnxstyle.runtime.settings import EngineConfig, RunSettings
 
@@ -62,7 +62,8 @@ def main() -> None:
 
     from onnxstyle.export.exporter import export
     from onnxstyle.runtime.providers import physical_cores
-    from onnxstyle.spec import ExportSettings, LossSpec
+    from onnxstyle.spec import LossSpec
+    from onnxstyle.exportdir import ExportSettings
 
     size, evals = (64, 4) if args.quick else (args.size, args.evals)
     rows = []

@@ -6,7 +6,7 @@ that rounds in bf16, or stops early, could trade loss for something the eye sees
 sliced-Wasserstein distance (SWD) does not look at the Gram matrices the loss matches: it compares
 the whole distribution of the C-dimensional feature vectors at each style layer's relu output
 (image vs style image), through ``--projections`` random 1-D projections, each compared as sorted
-quantiles. Features come from the torch reference VGG19 (onnxstyle/models/vgg.py) in fp32, with the
+quantiles. Features come from the torch reference VGG19 (onnxstyle/reference/vgg.py) in fp32, with the
 export's weights and pooling; the same seed gives the same projections for every image judged.
 
     python benchmarks/judge.py out.png --content tubingen.jpg --style starry_night.jpg [--size 512]
@@ -35,7 +35,7 @@ QUANTILES = 256  # points at which two projected distributions are compared
 def fp32_loss(models: Path, image: np.ndarray, content: np.ndarray, style: np.ndarray, threads: int | None = None) -> tuple[float, dict[str, float]]:
     """The loss of ``image`` (RGB HxWx3) on onnxruntime fp32, on targets made there too: the
     content resized to the image, the style at the image's longest side (the run's targets)."""
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.engine import no_temporal
     from onnxstyle.runtime.image_io import resize_to, to_nchw
     from onnxstyle.runtime.settings import EngineConfig, RunSettings
@@ -55,9 +55,9 @@ def fp32_loss(models: Path, image: np.ndarray, content: np.ndarray, style: np.nd
 
 def reference_vgg(models: Path) -> tuple[Any, Any]:
     """The torch VGG19 with the export's weights and pooling, and the export's loss spec."""
-    from onnxstyle.contract import read_manifest
-    from onnxstyle.models.vgg import VGG19
-    from onnxstyle.models.weights import load_caffe, load_weights
+    from onnxstyle.exportdir import read_manifest
+    from onnxstyle.reference.vgg import VGG19
+    from onnxstyle.reference.weights import load_caffe, load_weights
 
     manifest = read_manifest(models)
     source = manifest.data["weights"]["requested"]
@@ -121,7 +121,7 @@ def judge(
 
 def default_models() -> Path:
     from onnxstyle.autoexport import resolve_models
-    from onnxstyle.spec import export_settings_for
+    from onnxstyle.exportdir import export_settings_for
 
     return resolve_models(export_settings_for("gatys"), log=lambda m: print(m, file=sys.stderr)).folder
 

@@ -72,10 +72,10 @@ def mem():
     return d
 marks = [("start", mem())]
 import numpy as np
-from onnxstyle.runtime.api import Stylizer
+from onnxstyle.runtime.stylizer import Stylizer
 from onnxstyle.runtime.settings import EngineConfig, RunSettings
 from onnxstyle.runtime.image_io import load_image
-from onnxstyle.contract import FEATURES, LOSS_GRAD
+from onnxstyle.exportdir import FEATURES, LOSS_GRAD
 marks.append(("libraries", mem()))
 s = RunSettings(size=cfg["size"], iterations=cfg["evals"], scales=(cfg["size"],), optimizer=cfg["optimizer"])
 st = Stylizer(cfg["models"], EngineConfig(device=cfg["device"]))
@@ -108,8 +108,8 @@ marks = [("start", mem())]
 import numpy as np
 import torch
 torch.set_num_threads(cfg["threads"])
-from onnxstyle.models.vgg import VGG19, reference_features, reference_loss_and_grad
-from onnxstyle.models.weights import load_caffe
+from onnxstyle.reference.vgg import VGG19, reference_features, reference_loss_and_grad
+from onnxstyle.reference.weights import load_caffe
 from onnxstyle.runtime.image_io import load_image, to_nchw
 from onnxstyle.spec import LossSpec
 marks.append(("libraries", mem()))
@@ -193,7 +193,7 @@ def measure_size(size: int, args: argparse.Namespace, models: Path, content: Pat
 
 def dry_run_estimate(models: Path, device: str, h: int, w: int, size: int, evals: int) -> int:
     """What `stylize --dry-run` says for this run: the plan's estimated peak."""
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.settings import EngineConfig, RunSettings
 
     st = Stylizer(models, EngineConfig(device=device))
@@ -266,7 +266,7 @@ def main() -> None:
 
     from onnxstyle.autoexport import resolve_models
     from onnxstyle.runtime.providers import physical_cores
-    from onnxstyle.spec import export_settings_for
+    from onnxstyle.exportdir import export_settings_for
 
     models = args.models or resolve_models(export_settings_for("gatys"), log=print).folder
     if args.recheck:

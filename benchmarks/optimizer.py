@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxstyle.autoexport import resolve_models  # noqa: E402
-from onnxstyle.runtime.api import Stylizer  # noqa: E402
+from onnxstyle.runtime.stylizer import Stylizer  # noqa: E402
 from onnxstyle.runtime.settings import EngineConfig, RunSettings  # noqa: E402
-from onnxstyle.spec import export_settings_for  # noqa: E402
+from onnxstyle.exportdir import export_settings_for# noqa: E402
 from onnxstyle.runtime.image_io import load_image, resize_longest, to_nchw  # noqa: E402
 from onnxstyle.runtime.optimize import adam, lbfgs, lbfgs32  # noqa: E402
 from onnxstyle.runtime.providers import cpu_model  # noqa: E402

@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     from onnxstyle.autoexport import resolve_models
-    from onnxstyle.spec import export_settings_for
+    from onnxstyle.exportdir import export_settings_for
 
     models = args.models or resolve_models(export_settings_for("gatys")).folder
     rows: dict[str, dict[str, Any]] = {}

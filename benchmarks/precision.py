@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: 64 px, 20 evaluations, one pair")
     args = ap.parse_args()
 
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.image_io import load_image, resize_longest
     from onnxstyle.runtime.providers import cpu_model, physical_cores
     from onnxstyle.runtime.settings import EngineConfig, RunSettings
@@ -158,7 +158,7 @@ def main() -> None:
         models = args.models
     else:
         from onnxstyle.autoexport import resolve_models
-        from onnxstyle.spec import export_settings_for
+        from onnxstyle.exportdir import export_settings_for
 
         models = resolve_models(export_settings_for("gatys")).folder
     settings = RunSettings(size=size, iterations=evals)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from onnxstyle.autoexport import resolve_models  # noqa: E402
 from onnxstyle.runtime.providers import cpu_model, physical_cores  # noqa: E402
-from onnxstyle.spec import export_settings_for  # noqa: E402
+from onnxstyle.exportdir import export_settings_for# noqa: E402
 
 DATA = ROOT / "onnxstyle" / "data"
 TARGETS = {"overhead": 0.05, "idle_server_mb": 150.0, "growth_fraction": 0.02, "growth_floor_mb": 5.0}

@@ -155,8 +155,8 @@ if ours:
 else:
     import torch
     torch.set_num_threads(cfg["threads"])
-    from onnxstyle.models.vgg import VGG19, reference_features, reference_loss, reference_loss_and_grad
-    from onnxstyle.models.weights import load_caffe, load_weights
+    from onnxstyle.reference.vgg import VGG19, reference_features, reference_loss, reference_loss_and_grad
+    from onnxstyle.reference.weights import load_caffe, load_weights
     from onnxstyle.spec import LossSpec
 T_IMPORTS = time.monotonic()
 
@@ -424,7 +424,7 @@ def conv_flops(spec: Any, h: int, w: int) -> int:
     """Convolution FLOPs of one loss+gradient: the forward convs up to the deepest layer in
     use plus as many input-gradient convs in the backward (2·Cin·Cout·9·H·W each, at the
     layer's resolution; each pool floor-halves H and W). Grams, ReLUs, pools not counted."""
-    from onnxstyle.spec import LAYER_INDEX, LAYERS
+    from onnxstyle.layers import LAYER_INDEX, LAYERS
 
     fwd = 0
     for _name, kind, cin, cout in LAYERS[: LAYER_INDEX[spec.deepest] + 1]:
@@ -753,10 +753,10 @@ def main() -> None:
         models = args.models
     else:
         from onnxstyle.autoexport import resolve_models
-        from onnxstyle.spec import export_settings_for
+        from onnxstyle.exportdir import export_settings_for
 
         models = resolve_models(export_settings_for("gatys"), log=say).folder
-    from onnxstyle.contract import read_manifest
+    from onnxstyle.exportdir import read_manifest
 
     spec = read_manifest(models).spec
     info = machine(threads)
@@ -779,7 +779,7 @@ def main() -> None:
 
 def measure(args: argparse.Namespace, sizes: list[int], threads: int, sides: list[Side], models: Path, spec: Any,
             info: dict[str, Any], tmp: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    from onnxstyle.contract import read_manifest
+    from onnxstyle.exportdir import read_manifest
 
     quick = args.quick
     names = [s.name for s in sides]

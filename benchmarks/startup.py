@@ -43,7 +43,7 @@ import json, sys
 cfg = json.loads(sys.argv[1])
 sys.modules["torch"] = None  # the runtime must not need torch
 import numpy as np; T["numpy"] = time.time()
-from onnxstyle.runtime.api import Stylizer
+from onnxstyle.runtime.stylizer import Stylizer
 from onnxstyle.runtime.settings import RunSettings
 from onnxstyle.runtime import openvino_backend as ob
 T["onnxstyle imports"] = time.time()
@@ -82,8 +82,8 @@ cfg = json.loads(sys.argv[1])
 import numpy as np; T["numpy"] = time.time()
 import torch
 torch.set_num_threads(cfg["threads"])
-from onnxstyle.models.vgg import VGG19, reference_features, reference_loss_and_grad
-from onnxstyle.models.weights import load_caffe
+from onnxstyle.reference.vgg import VGG19, reference_features, reference_loss_and_grad
+from onnxstyle.reference.weights import load_caffe
 from onnxstyle.spec import LossSpec
 T["torch imports"] = time.time()
 spec = LossSpec()

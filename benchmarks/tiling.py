@@ -46,7 +46,7 @@ def same_result(models: Path, size: int, tile: int, evals: int, precision: str) 
     """In fp32 the two runs do the same arithmetic up to summation order, so they should follow
     one trajectory; in bf16 the tiles' dynamic-shape kernels round differently from the whole
     image's static ones, and L-BFGS amplifies that from the first step."""
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.image_io import load_image
     from onnxstyle.runtime.settings import EngineConfig, RunSettings
 
@@ -90,7 +90,7 @@ def budget_holds(models: Path, size: int, budget: str, evals: int) -> dict[str, 
 
 
 def halo_cost(models: Path, size: int, tiles: list[int | str], evals: int) -> list[dict[str, Any]]:
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.image_io import load_image
     from onnxstyle.runtime.settings import RunSettings
 
@@ -146,7 +146,7 @@ def main() -> None:
 
     from onnxstyle.autoexport import resolve_models
     from onnxstyle.runtime.providers import physical_cores
-    from onnxstyle.spec import export_settings_for
+    from onnxstyle.exportdir import export_settings_for
 
     models = args.models or resolve_models(export_settings_for("gatys"), log=print).folder
     q = args.quick

@@ -94,7 +94,7 @@ def images(px: int) -> tuple[Any, Any]:
 
 
 def exact_stylizer(models: Path, threads: int) -> Any:
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.settings import EngineConfig
 
     return Stylizer(models, EngineConfig(device="cpu", precision="fp32", threads=threads))
@@ -153,9 +153,9 @@ def reference_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from onnxstyle.contract import read_manifest
-    from onnxstyle.models.vgg import VGG19, reference_loss_and_grad
-    from onnxstyle.models.weights import load_caffe, load_weights
+    from onnxstyle.exportdir import read_manifest
+    from onnxstyle.reference.vgg import VGG19, reference_loss_and_grad
+    from onnxstyle.reference.weights import load_caffe, load_weights
 
     torch.set_num_threads(cfg["threads"])
     models, px, n = Path(cfg["models"]), cfg["px"], cfg["ref_evals"]
@@ -312,9 +312,9 @@ def record_switches(step: Callable[[], int], into: list[int]) -> Iterator[None]:
 
 
 def run_worker(cfg: dict[str, Any]) -> dict[str, Any]:
-    from onnxstyle.contract import FEATURES, LOSS_GRAD
+    from onnxstyle.exportdir import FEATURES, LOSS_GRAD
     from onnxstyle.errors import Interrupted
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.image_io import resize_longest
     from onnxstyle.runtime.settings import EngineConfig, RunSettings
 
@@ -394,9 +394,9 @@ def torch_process_main(cfg: dict[str, Any]) -> None:
     import numpy as np
     import torch
 
-    from onnxstyle.contract import read_manifest
-    from onnxstyle.models.vgg import VGG19, reference_features, reference_loss
-    from onnxstyle.models.weights import load_caffe, load_weights
+    from onnxstyle.exportdir import read_manifest
+    from onnxstyle.reference.vgg import VGG19, reference_features, reference_loss
+    from onnxstyle.reference.weights import load_caffe, load_weights
     from onnxstyle.runtime.image_io import load_image, resize_longest, save_image, to_nchw
 
     torch.set_num_threads(cfg["threads"])
@@ -702,7 +702,7 @@ def worker_main(cfg: dict[str, Any]) -> None:
 def reference_key(px: int, args: argparse.Namespace, threads: int, models: Path) -> dict[str, Any]:
     from importlib import metadata
 
-    from onnxstyle.contract import read_manifest
+    from onnxstyle.exportdir import read_manifest
     from onnxstyle.runtime.providers import cpu_model
 
     return {"px": px, "ref_evals": args.ref_evals, "threads": threads, "cpu": cpu_model(), "torch": metadata.version("torch"),
@@ -796,7 +796,7 @@ def main() -> None:
         models = args.models
     else:
         from onnxstyle.autoexport import resolve_models
-        from onnxstyle.spec import export_settings_for
+        from onnxstyle.exportdir import export_settings_for
 
         models = resolve_models(export_settings_for("gatys"), log=say).folder
     if args.processes:

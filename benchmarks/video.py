@@ -35,11 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxstyle.autoexport import resolve_models  # noqa: E402
-from onnxstyle.runtime.api import Stylizer  # noqa: E402
+from onnxstyle.runtime.stylizer import Stylizer  # noqa: E402
 from onnxstyle.runtime.image_io import fit_size, from_nchw, load_image, probe_image, write_atomic  # noqa: E402
 from onnxstyle.runtime.providers import cpu_model  # noqa: E402
 from onnxstyle.runtime.settings import EngineConfig, RunSettings  # noqa: E402
-from onnxstyle.spec import export_settings_for  # noqa: E402
+from onnxstyle.exportdir import export_settings_for# noqa: E402
 from onnxstyle.video import io as vio  # noqa: E402
 from onnxstyle.video.chunks import ChunkPlan, chunk_ranges, stylize_chunked  # noqa: E402
 from onnxstyle.video.flow import inside, warp  # noqa: E402

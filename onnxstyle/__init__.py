@@ -2,7 +2,7 @@
 
 ``onnxstyle.stylize(content, style, size=384)`` is the one-call API: it finds (or, with
 torch installed, exports once) the graphs and runs them. For many images, keep a
-:class:`~onnxstyle.runtime.api.Stylizer` warm.
+:class:`~onnxstyle.runtime.stylizer.Stylizer` warm.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["stylize", "Stylizer", "RunSettings", "EngineConfig", "__version__"]
 
@@ -32,9 +32,9 @@ def stylize(
     Returns the stylized RGB image, float32 in [0,1], with the longest side ``size``.
     """
     from .autoexport import resolve_models
-    from .runtime.api import stylize as run_stylize
+    from .runtime.stylizer import stylize as run_stylize
     from .runtime.settings import EngineConfig, preset_run_settings
-    from .spec import export_settings_for
+    from .exportdir import export_settings_for
 
     ref = resolve_models(export_settings_for(preset), Path(models) if models is not None else None)
     return run_stylize(content, styles, ref.folder, masks, EngineConfig(device=device), preset_run_settings(preset, **settings))
@@ -43,7 +43,7 @@ def stylize(
 def __getattr__(name: str) -> Any:
     # Lazy so that `import onnxstyle` stays cheap and torch-free; the API lives in runtime.
     if name == "Stylizer":
-        from .runtime.api import Stylizer
+        from .runtime.stylizer import Stylizer
 
         return Stylizer
     if name in ("RunSettings", "EngineConfig"):

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .contract import MANIFEST, default_export_dir, export_command
+from .exportdir import MANIFEST, default_export_dir, export_command
 from .errors import ModelsError
-from .spec import ExportSettings
+from .exportdir import ExportSettings
 
 
 @dataclass(frozen=True)

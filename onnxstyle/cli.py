@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__
+from .version import __version__
 from .errors import EngineError, Interrupted, OnnxStyleError, OptimizationError, Terminated
 from .runtime.image_io import DEFAULT_MAX_PIXELS
 from .runtime.providers import Device
@@ -255,7 +255,7 @@ def export(
     One export serves every command and control, masks included."""
     from .autoexport import torch_available
     from .errors import MissingDependencyError
-    from .spec import export_settings_for
+    from .exportdir import export_settings_for
 
     if not torch_available():
         raise MissingDependencyError("export needs torch: pip install 'onnxstyle[export]'")
@@ -302,9 +302,9 @@ def open_stylizer(
     """A warm stylizer for these export settings (exported once on first use where torch is
     installed); a given models folder is checked against what was asked explicitly."""
     from .autoexport import resolve_models
-    from .contract import check_matches
-    from .runtime.api import Stylizer
-    from .spec import export_settings_for
+    from .exportdir import check_matches
+    from .runtime.stylizer import Stylizer
+    from .exportdir import export_settings_for
 
     ref = resolve_models(export_settings_for(preset, pooling, weights, log=say), models, log=say)
     stylizer = Stylizer(ref.folder, config, ref.fix)
@@ -612,7 +612,7 @@ def sweep(
 @handle_errors
 def info() -> None:
     """Versions, backends and devices, and the exports in the cache."""
-    from .contract import cache_root
+    from .exportdir import cache_root
     from .runtime import cache as compiled_cache
     from .runtime.backends import available_backends, select_backend
 

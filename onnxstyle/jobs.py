@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .errors import Interrupted
 from .runtime.image_io import (
     DEFAULT_MAX_PIXELS,

@@ -27,7 +27,7 @@ def _session_cache(factory: pytest.TempPathFactory) -> Path:
 def caffe_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default (gatys, caffe, max pooling) export, validated, shared by the session."""
     from onnxstyle.export.exporter import export
-    from onnxstyle.spec import ExportSettings
+    from onnxstyle.exportdir import ExportSettings
 
     folder = tmp_path_factory.mktemp("exports") / "gatys"
     export(ExportSettings(), folder)
@@ -36,7 +36,7 @@ def caffe_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def caffe_weights():  # type: ignore[no-untyped-def]
-    from onnxstyle.models.weights import load_caffe
+    from onnxstyle.reference.weights import load_caffe
 
     return load_caffe()
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from onnxstyle.models.weights import TORCHVISION_CONV_INDEX
-from onnxstyle.spec import LAYERS
+from onnxstyle.reference.weights import TORCHVISION_CONV_INDEX
+from onnxstyle.layers import LAYERS
 
 DATA = Path(__file__).parent / "data"
 

@@ -68,7 +68,7 @@ def test_bf16_storage_rounds_every_stored_tensor_and_gradient() -> None:
 
 
 def test_draws_measure_bf16_on_a_small_model(caffe_weights) -> None:  # type: ignore[no-untyped-def]
-    from onnxstyle.models.vgg import VGG19, reference_loss_and_grad
+    from onnxstyle.reference.vgg import VGG19, reference_loss_and_grad
     from onnxstyle.spec import LossSpec
 
     spec = LossSpec()
@@ -93,7 +93,7 @@ def test_draws_measure_bf16_on_a_small_model(caffe_weights) -> None:  # type: ig
 
 def test_no_native_bf16_checks_fp32_only(caffe_export: Path, caffe_weights, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     import onnxstyle.runtime.backends as backends
-    from onnxstyle.models.vgg import VGG19
+    from onnxstyle.reference.vgg import VGG19
     from onnxstyle.spec import LossSpec
 
     if not backends.openvino_info()[0]:

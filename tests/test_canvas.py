@@ -46,7 +46,7 @@ def test_pad_mirrors_and_crop_inverts() -> None:
 
 @pytest.mark.slow
 def test_grid_runs_give_the_exact_size_and_a_result_close_to_an_exact_run(caffe_export: Path, tubingen, starry) -> None:  # type: ignore[no-untyped-def]
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.settings import EngineConfig, RunSettings
 
     stylizer = Stylizer(caffe_export, EngineConfig(device="openvino", precision="fp32"))

@@ -15,12 +15,13 @@ import pytest
 from onnxstyle.errors import ModelsError
 from onnxstyle.export.exporter import export
 from onnxstyle import stylize
-from onnxstyle.runtime.api import Stylizer
+from onnxstyle.runtime.stylizer import Stylizer
 from onnxstyle.runtime.settings import RunSettings
 from onnxstyle.runtime.image_io import read_png_text, resize_longest, resize_to
 from onnxstyle.runtime.optimize import Iterate
 from onnxstyle.runtime.sheet import sheet_layout
-from onnxstyle.spec import ExportSettings, LossSpec
+from onnxstyle.spec import LossSpec
+from onnxstyle.exportdir import ExportSettings
 
 from helpers import DATA, cli_env
 
@@ -170,8 +171,8 @@ def test_sweep_sheet_holds_every_panel(caffe_export: Path, tmp_path: Path) -> No
     sheet = tmp_path / "sheet.png"
     env = cli_env(tmp_path / "cache")
     # The sweep finds its graphs in the cache: seed it with the session's export.
-    from onnxstyle.contract import default_export_dir
-    from onnxstyle.spec import export_settings_for
+    from onnxstyle.exportdir import default_export_dir
+    from onnxstyle.exportdir import export_settings_for
 
     target = Path(env["ONNXSTYLE_CACHE"]) / "exports" / default_export_dir(export_settings_for("gatys")).name
     target.parent.mkdir(parents=True)

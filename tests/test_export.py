@@ -14,10 +14,11 @@ import torch
 from onnxstyle.errors import ExportError
 from onnxstyle.export import exporter
 from onnxstyle.export.exporter import export
-from onnxstyle.models.vgg import VGG19, reference_features, reference_loss_and_grad
-from onnxstyle.models.weights import load_caffe, load_weights
-from onnxstyle.contract import METADATA_KEY, read_manifest
-from onnxstyle.spec import ExportSettings, LossSpec, preset_spec
+from onnxstyle.reference.vgg import VGG19, reference_features, reference_loss_and_grad
+from onnxstyle.reference.weights import load_caffe, load_weights
+from onnxstyle.exportdir import METADATA_KEY, read_manifest
+from onnxstyle.spec import LossSpec, preset_spec
+from onnxstyle.exportdir import ExportSettings
 
 from helpers import random_torchvision_state
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from onnxstyle.errors import ResourceError, engine_message
-from onnxstyle.runtime.api import Stylizer
+from onnxstyle.runtime.stylizer import Stylizer
 from onnxstyle.runtime.settings import RunSettings
 from onnxstyle.runtime.image_io import read_png_text
 from onnxstyle.runtime.memory import check_fits, estimate_run_bytes

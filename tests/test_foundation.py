@@ -23,11 +23,11 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from onnxstyle.contract import export_command
+from onnxstyle.exportdir import export_command
 from onnxstyle.errors import ImageError
 from onnxstyle.export.exporter import export
 from onnxstyle.runtime.image_io import load_image, probe_image, read_png_text
-from onnxstyle.spec import ExportSettings, export_key, export_settings_for
+from onnxstyle.exportdir import ExportSettings, export_key, export_settings_for
 
 from helpers import DATA, cli_env, random_torchvision_state, run_cli_without_torch
 
@@ -53,7 +53,7 @@ def test_export_key_includes_the_weights_files_content(tmp_path: Path) -> None:
     shutil.copy(a, tmp_path / "same.pth")
     assert export_settings_for(weights=str(tmp_path / "same.pth")).key() == ka  # content, not path
     # The one function every caller goes through, with or without the sha filled in.
-    from onnxstyle.spec import file_sha256
+    from onnxstyle.exportdir import file_sha256
 
     assert export_key(ExportSettings(weights=str(a), weights_sha256=file_sha256(str(a)))) == ka
     assert export_settings_for(weights="caffe").key() != ka
@@ -160,7 +160,7 @@ def test_sweep_of_faulting_panels_writes_the_sheet_and_exits_9(overflowing_expor
 def test_the_library_never_swallows_ctrl_c(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
     """KeyboardInterrupt leaves the run as Interrupted, carrying the best result so far."""
     from onnxstyle.errors import Interrupted
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.settings import RunSettings
 
     for optimizer in ("lbfgs", "adam", "torch-lbfgs", "keras-lbfgs"):
@@ -305,7 +305,7 @@ def _scale_initializer(path: Path, name: str, factor: float) -> None:
 
 def test_validation_reports_every_wrong_output(caffe_export: Path, tmp_path: Path, caffe_weights) -> None:  # type: ignore[no-untyped-def]
     from onnxstyle.export.validate import validate_export
-    from onnxstyle.models.vgg import VGG19
+    from onnxstyle.reference.vgg import VGG19
     from onnxstyle.spec import LossSpec
 
     model = VGG19(caffe_weights, last="relu5_1").eval()
@@ -360,7 +360,7 @@ PROFILE = re.compile(r"^[A-Za-z_][\w]*:\d+(x\d+)*(,[A-Za-z_][\w]*:\d+(x\d+)*)*$"
 
 
 def test_gpu_provider_options_use_documented_keys_and_profile_every_dynamic_input(caffe_export: Path) -> None:
-    from onnxstyle.contract import read_manifest
+    from onnxstyle.exportdir import read_manifest
     from onnxstyle.runtime.engine import resolve_shape
     from onnxstyle.runtime.providers import CPU, CUDA, TRT, provider_options
 

@@ -329,7 +329,7 @@ def test_mutated_png_and_jpeg(case: tuple[str, bytes]) -> None:
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An unvalidated export (the CLI only has to get as far as reading the content)."""
     from onnxstyle.export.exporter import export
-    from onnxstyle.spec import ExportSettings
+    from onnxstyle.exportdir import ExportSettings
 
     folder = tmp_path_factory.mktemp("hostile") / "models"
     export(ExportSettings(), folder, validate=False)

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from onnxstyle.export.exporter import export
-from onnxstyle.models.vgg import VGG19
-from onnxstyle.runtime.api import Stylizer
+from onnxstyle.reference.vgg import VGG19
+from onnxstyle.runtime.stylizer import Stylizer
 from onnxstyle.runtime.settings import PRESET_RUN, RunSettings, preset_run_settings
-from onnxstyle.spec import ExportSettings, export_settings_for, preset_spec
+from onnxstyle.spec import preset_spec
+from onnxstyle.exportdir import ExportSettings, export_settings_for
 
 
 def img(h: int, w: int, seed: int) -> np.ndarray:

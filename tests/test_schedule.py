@@ -218,7 +218,7 @@ def test_a_carried_memory_starts_the_next_run_and_comes_back() -> None:
 def test_the_run_carries_pairs_between_stages_and_the_scale_where_they_would_not_line_up() -> None:
     from types import SimpleNamespace
 
-    from onnxstyle.runtime.api import _carried
+    from onnxstyle.runtime.stylizer import _carried
     from onnxstyle.runtime.canvas import Canvas
 
     mem = _memory(16, 4, 4)  # a 4x4 stage's memory; the next stage is 8x8

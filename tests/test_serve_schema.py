@@ -203,7 +203,7 @@ def test_size_that_differs_from_the_last_scale_is_refused_as_by_the_cli(server: 
 def test_too_thin_for_the_network_is_refused_with_the_plans_message(server: Server, caffe_export: Path) -> None:
     """Issue 21: a working size with a side under the deepest layer's stride is refused up front
     (422), with the same line the CLI's plan prints, for the content and for a style."""
-    from onnxstyle.contract import read_manifest
+    from onnxstyle.exportdir import read_manifest
     from onnxstyle.errors import SizeError
     from onnxstyle.runtime.plan import check_sizes
     from onnxstyle.runtime.settings import preset_run_settings

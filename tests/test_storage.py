@@ -16,7 +16,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from onnxstyle.contract import WEIGHTS_FILE
+from onnxstyle.exportdir import WEIGHTS_FILE
 from onnxstyle.runtime.engine import Engine
 from onnxstyle.runtime.settings import EngineConfig
 
@@ -69,7 +69,7 @@ def test_export_folder_is_small(caffe_export: Path) -> None:
 @pytest.fixture(scope="module")
 def fp16_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:  # type: ignore[type-arg]
     from onnxstyle.export.exporter import export
-    from onnxstyle.spec import ExportSettings
+    from onnxstyle.exportdir import ExportSettings
 
     result = export(ExportSettings(weights_dtype="fp16"), tmp_path_factory.mktemp("fp16") / "m")
     return result.folder, result.reports

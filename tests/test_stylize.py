@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import onnxstyle
-from onnxstyle.models.vgg import VGG19, gram
-from onnxstyle.runtime.api import Stylizer
+from onnxstyle.reference.vgg import VGG19, gram
+from onnxstyle.runtime.stylizer import Stylizer
 from onnxstyle.runtime.settings import RunSettings
 from onnxstyle.runtime.image_io import resize_longest, resize_to, to_nchw
 from onnxstyle.runtime.optimize import Iterate

@@ -13,7 +13,8 @@ from onnxstyle.runtime.settings import EngineConfig, RunSettings
 from onnxstyle.runtime.tiling import (
     TiledObjective, halo_for, plan_tiles, receptive_reach, temporal_loss_grad, tiled_features, tv_loss_grad,
 )
-from onnxstyle.spec import ExportSettings, LossSpec, preset_spec
+from onnxstyle.spec import LossSpec, preset_spec
+from onnxstyle.exportdir import ExportSettings
 
 CPU = EngineConfig(device="cpu")  # fp32 on both sides: only the tiling differs
 
@@ -143,7 +144,7 @@ def test_tiled_guided_masks_and_temporal_term(exports: dict[str, Path]) -> None:
 
 @pytest.mark.slow
 def test_a_tiled_run_matches_the_untiled_run(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
 
     st = Stylizer(caffe_export, CPU)
     s = RunSettings(size=160, scales=(160,), iterations=6)
@@ -160,7 +161,7 @@ def test_a_tiled_run_matches_the_untiled_run(caffe_export: Path, tubingen: np.nd
 def test_a_tiled_run_on_the_default_engine(caffe_export: Path, tubingen: np.ndarray, starry: np.ndarray) -> None:
     """The default backend (OpenVINO bf16 on CPUs that have it) serves the tile graphs too, compiled
     for every size (tiles at the image's edges are smaller)."""
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
 
     st = Stylizer(caffe_export)
     r = st.run(tubingen, [starry], RunSettings(size=160, scales=(160,), iterations=5, tile=64))

@@ -269,7 +269,7 @@ def test_ctrl_c_keeps_frames_done_and_a_rerun_resumes(caffe_export: Path, pan_cl
 def test_temporal_consistency_lowers_the_warping_error_of_a_known_pan(caffe_export: Path) -> None:
     """Independent frames flicker; with the warped init and the temporal term, frame t agrees
     with frame t-1 moved by the pan's exact motion (measured with that known flow)."""
-    from onnxstyle.runtime.api import Stylizer
+    from onnxstyle.runtime.stylizer import Stylizer
     from onnxstyle.runtime.settings import RunSettings
     from onnxstyle.video.flow import inside
     from onnxstyle.video.temporal import VideoSettings, stylize_frames

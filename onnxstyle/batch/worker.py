@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import ImageError, OnnxStyleError, OptimizationError
 from ..runtime.image_io import DEFAULT_MAX_PIXELS, encode_image, fit_size, from_nchw, load_image, probe_image, resize_to
 from ..runtime.settings import EngineConfig, RunSettings
@@ -68,7 +68,7 @@ class Worker:
     """A warm stylizer for one batch; a Ray actor class as it is (see pools.RayWorkers)."""
 
     def __init__(self, spec: WorkerSpec, threads: int | None = None) -> None:
-        from ..runtime.api import Stylizer
+        from ..runtime.stylizer import Stylizer
 
         self.spec = spec
         config = spec.config if threads is None else spec.config.replace(threads=threads)

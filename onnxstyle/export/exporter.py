@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .. import __version__
+from ..version import __version__
 from ..errors import ExportError
-from ..models.vgg import VGG19
-from ..models.weights import VGGWeights, load_weights
-from ..contract import GRAPHS, MANIFEST, METADATA_KEY, OPTIONAL_GRAPHS, WEIGHTS_FILE, default_export_dir
-from ..spec import FORMAT_VERSION, LAYER_CHANNELS, ExportSettings, LossSpec, export_key, file_sha256
+from ..reference.vgg import VGG19
+from ..reference.weights import VGGWeights, load_weights
+from ..exportdir import GRAPHS, MANIFEST, METADATA_KEY, OPTIONAL_GRAPHS, WEIGHTS_FILE, default_export_dir
+from ..spec import LossSpec
+from ..layers import LAYER_CHANNELS
+from ..exportdir import FORMAT_VERSION, ExportSettings, export_key, file_sha256
 from .graphs import OPSET, Weights, build_features, build_loss_grad, build_tile_grad
 from .storage import round_to, save_graph, write_shared
 from .validate import DEFAULT_SIZES, SizeReport, validate_export

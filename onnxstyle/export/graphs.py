@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..spec import LAYER_CHANNELS, LAYER_INDEX, LAYERS, LossSpec, layer_stride
+from ..spec import LossSpec
+from ..layers import LAYER_CHANNELS, LAYER_INDEX, LAYERS, layer_stride
 
 OPSET = 17
 IMAGE = "image"

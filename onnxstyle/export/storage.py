@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
-from ..contract import WEIGHTS_FILE
+from ..exportdir import WEIGHTS_FILE
 
 # Offsets aligned to the page size so that engines may map each tensor straight from the file.
 ALIGN = 4096

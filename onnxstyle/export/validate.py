@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
-from ..models.vgg import VGG19, reference_features, reference_loss_and_grad
+from ..reference.vgg import VGG19, reference_features, reference_loss_and_grad
 from ..spec import LossSpec
 
 # Sizes (H, W) checked after every export: odd, non-square, not multiples of 32.

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..contract import MANIFEST, cache_root
+from ..exportdir import MANIFEST, cache_root
 from ..errors import OnnxStyleError
 
 ENV_MAX = "ONNXSTYLE_CACHE_MAX"

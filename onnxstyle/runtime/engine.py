@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..contract import FEATURES, LOSS_GRAD, TILE_GRAD, Manifest, read_manifest
+from ..exportdir import FEATURES, LOSS_GRAD, TILE_GRAD, Manifest, read_manifest
 from ..errors import ModelsError, SizeError
 from .backends import BackendChoice, GraphRunner, available_backends, make_runner, release_heap, select_backend
 from .settings import EngineConfig

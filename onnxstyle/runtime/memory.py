@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import ResourceError
-from ..spec import LAYER_CHANNELS, LAYER_INDEX, LAYERS, LossSpec, layer_stride
+from ..spec import LossSpec
+from ..layers import LAYER_CHANNELS, LAYER_INDEX, LAYERS, layer_stride
 
 if TYPE_CHECKING:
     from .settings import RunSettings

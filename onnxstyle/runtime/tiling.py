@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..spec import LAYER_CHANNELS, LAYER_INDEX, LAYERS, LossSpec, layer_stride
+from ..spec import LossSpec
+from ..layers import LAYER_CHANNELS, LAYER_INDEX, LAYERS, layer_stride
 
 EPS = 1e-8  # as in the graphs
 

@@ -31,7 +31,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..contract import read_manifest
+from ..exportdir import read_manifest
 from ..errors import ResourceError
 from ..runtime.memory import available_bytes, estimate_run_bytes
 from ..runtime.settings import RunSettings

@@ -98,7 +98,7 @@ def serve(
     """Serve stylization over HTTP: a JSON API, live progress (SSE) and a web page at /."""
     _check_extra()
     from ..autoexport import resolve_models
-    from ..spec import export_settings_for
+    from ..exportdir import export_settings_for
 
     def say(text: str) -> None:
         if not quiet:

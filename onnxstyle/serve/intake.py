@@ -111,7 +111,7 @@ def parse_settings(text: str | None, styles: int, export_preset: str, config: Se
     except ValueError as e:
         raise ApiError(422, f"settings: {e}") from None
     if settings.style_blend is not None:
-        from ..runtime.api import blend_weights  # loads scipy: only when a blend is asked for
+        from ..runtime.stylizer import blend_weights  # loads scipy: only when a blend is asked for
 
         try:
             blend_weights(styles, settings.style_blend)

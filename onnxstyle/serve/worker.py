@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import Interrupted, OnnxStyleError
 from ..runtime.image_io import encode_image, from_nchw, resize_to, write_atomic
 from ..runtime.settings import EngineConfig, RunSettings
@@ -78,7 +78,7 @@ def worker_main(spec: WorkerSpec, conn: Connection) -> None:
 
 
 def _serve_jobs(spec: WorkerSpec, conn: Connection) -> None:
-    from ..runtime.api import Stylizer
+    from ..runtime.stylizer import Stylizer
 
     try:
         stylizer = Stylizer(spec.models, spec.engine, spec.fix)

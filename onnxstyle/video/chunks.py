@@ -17,7 +17,7 @@ from ..runtime.settings import RunSettings
 from .temporal import VideoSettings, stylize_frames
 
 if TYPE_CHECKING:
-    from ..runtime.api import Stylizer
+    from ..runtime.stylizer import Stylizer
 
 
 @dataclass(frozen=True)

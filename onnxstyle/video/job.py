@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import ImageError, OptimizationError, OutputError
 from ..runtime.image_io import DEFAULT_MAX_PIXELS, fit_size, load_image, save_image, write_atomic
 from ..runtime.settings import RunSettings
@@ -33,7 +33,7 @@ from .chunks import ChunkPlan, blend, chunk_ranges, covering
 from .temporal import FrameIterate, VideoSettings, stylize_frames
 
 if TYPE_CHECKING:
-    from ..runtime.api import Stylizer
+    from ..runtime.stylizer import Stylizer
 
 RECORD = "onnxstyle-video.json"
 

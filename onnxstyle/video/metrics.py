@@ -24,7 +24,7 @@ from ..runtime.settings import RunSettings
 from .flow import FlowConfig, consistency, opencv, to_gray8, warp
 
 if TYPE_CHECKING:
-    from ..runtime.api import Stylizer
+    from ..runtime.stylizer import Stylizer
 
 
 @dataclass(frozen=True)

