@@ -3,7 +3,7 @@
 Configurations (``--configs``, each ``kind:workers×threads``): Ray with 1 actor × 1 thread and
 2 actors × 1 thread (the scaling target: ≥ 1.7×), and the local process pool, which Ray
 should not fall behind. Every configuration runs the same items through the same worker
-code (onnxstyle.batch.pools) on a fresh pool.
+code (onnxstyle.workers.pools) on a fresh pool.
 
 Throughput is measured in the steady state: from the moment the first round of items (one per
 worker: start-up, session compilation) has finished to the last item, so start-up costs are
@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from onnxstyle.autoexport import resolve_models  # noqa: E402
-from onnxstyle.batch.pools import LocalWorkers, RayWorkers, Split  # noqa: E402
-from onnxstyle.batch.worker import ModelsSource, Outcome, WorkerSpec  # noqa: E402
+from onnxstyle.workers.pools import LocalWorkers, RayWorkers, Split  # noqa: E402
+from onnxstyle.workers.worker import ModelsSource, Outcome, WorkerSpec  # noqa: E402
 from onnxstyle.runtime.image_io import load_image  # noqa: E402
 from onnxstyle.runtime.providers import cpu_model, physical_cores  # noqa: E402
 from onnxstyle.runtime.settings import EngineConfig, RunSettings  # noqa: E402

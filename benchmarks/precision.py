@@ -90,7 +90,7 @@ def gallery_row(results: dict[str, dict[str, Any]], sides: list[str], title: str
     import cv2
 
     from onnxstyle.runtime.image_io import from_nchw, resize_longest, write_atomic
-    from onnxstyle.runtime.sheet import contact_sheet
+    from onnxstyle.commands.sheet import contact_sheet
     from speed import SIDE
 
     panels = [resize_longest(from_nchw(results[s]["image"]), GALLERY_SIDE) for s in sides]

@@ -83,7 +83,7 @@ def budget_holds(models: Path, size: int, budget: str, evals: int) -> dict[str, 
         wall = time.monotonic() - t0
     line = [ln for ln in r.stdout.splitlines() if ln.startswith(MARK)][-1]
     res = json.loads(line[len(MARK):])
-    from onnxstyle.runtime.memory import parse_size
+    from onnxstyle.runtime.settings import parse_size
 
     return {"size": size, "budget": budget, "budget_bytes": parse_size(budget), "peak": res["peak"], "exit": res["code"],
             "evaluations": evals, "wall_s": wall, "plan": dry.stdout.strip().splitlines()}

@@ -149,7 +149,7 @@ def strip(
 ) -> None:
     """Frames 1…columns: the input, each variant, and each variant's disagreement with its
     previous frame moved by the flow (|O_t − warp(O_t-1)|, ×4, black where unreliable)."""
-    from onnxstyle.runtime.sheet import contact_sheet, enlarge_for_labels
+    from onnxstyle.commands.sheet import contact_sheet, enlarge_for_labels
 
     ts = list(range(1, min(columns, len(clip) - 1) + 1))
     rows: list[tuple[str, list[np.ndarray]]] = [("input", [clip[t] for t in ts])]

@@ -27,17 +27,17 @@ def stylize(
 ) -> Any:
     """Stylize ``content`` (RGB float32 HxWx3 in [0,1]) with one or more style images.
 
-    Keyword arguments are :class:`RunSettings` fields; ``preset`` sets a notebook's loss and
-    run settings first. ``masks``: one greyscale mask (white: stylize) or one per style.
+    Keyword arguments are :class:`RunSettings` fields (or the CLI's names: ``lr``), checked by
+    the same builder as every command's; ``preset`` sets a notebook's loss and run settings first. ``masks``: one greyscale mask (white: stylize) or one per style.
     Returns the stylized RGB image, float32 in [0,1], with the longest side ``size``.
     """
     from .autoexport import resolve_models
     from .runtime.stylizer import stylize as run_stylize
-    from .runtime.settings import EngineConfig, preset_run_settings
+    from .runtime.settings import EngineConfig, build_run_settings
     from .exportdir import export_settings_for
 
     ref = resolve_models(export_settings_for(preset), Path(models) if models is not None else None)
-    return run_stylize(content, styles, ref.folder, masks, EngineConfig(device=device), preset_run_settings(preset, **settings))
+    return run_stylize(content, styles, ref.folder, masks, EngineConfig(device=device), build_run_settings(preset, **settings))
 
 
 def __getattr__(name: str) -> Any:

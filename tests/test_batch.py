@@ -21,9 +21,9 @@ import pytest
 from helpers import DATA, cli_env
 from video_helpers import run_cli_without
 
-from onnxstyle.batch.items import Tally, plan_items
-from onnxstyle import ray_address
-from onnxstyle.batch.pools import split_cores
+from onnxstyle.commands.batch import Tally, plan_items
+from onnxstyle.workers import ray_address
+from onnxstyle.workers.pools import split_cores
 from onnxstyle.runtime.image_io import load_image, probe_image, read_png_text
 
 
@@ -120,8 +120,8 @@ def test_a_local_ray_cluster_runs_images_and_video_chunks_on_warm_actors(caffe_e
     by path, by bytes and one corrupt; then a clip in overlapping chunks, and its resume."""
     import ray
 
-    from onnxstyle.batch.pools import RayWorkers
-    from onnxstyle.batch.worker import ModelsSource, Outcome, WorkerSpec
+    from onnxstyle.workers.pools import RayWorkers
+    from onnxstyle.workers.worker import ModelsSource, Outcome, WorkerSpec
     from onnxstyle.runtime.image_io import save_image
     from onnxstyle.runtime.settings import EngineConfig, RunSettings
     from onnxstyle.video import io as vio
@@ -272,7 +272,7 @@ def test_an_address_is_checked_in_its_bound(grpc_like: int, silent: int, not_grp
 def test_ray_workers_never_hand_ray_an_address_that_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    from onnxstyle.batch.pools import RayWorkers
+    from onnxstyle.workers.pools import RayWorkers
 
     def no_init(*args: object, **kwargs: object) -> None:
         raise AssertionError("ray.init was called")

@@ -19,7 +19,7 @@ from onnxstyle.runtime.stylizer import Stylizer
 from onnxstyle.runtime.settings import RunSettings
 from onnxstyle.runtime.image_io import read_png_text, resize_longest, resize_to
 from onnxstyle.runtime.optimize import Iterate
-from onnxstyle.runtime.sheet import sheet_layout
+from onnxstyle.commands.sheet import sheet_layout
 from onnxstyle.spec import LossSpec
 from onnxstyle.exportdir import ExportSettings
 

@@ -70,11 +70,11 @@ def test_base_dependencies_are_the_lean_set() -> None:
 def test_images_sheets_and_cli_work_without_opencv_and_scipy(tmp_path: Path) -> None:
     code = BLOCK + f"""
 import numpy as np
-import onnxstyle.cli, onnxstyle.jobs, onnxstyle.runtime.stylizer, onnxstyle.video.command
+import onnxstyle.cli, onnxstyle.commands.stylize, onnxstyle.runtime.stylizer, onnxstyle.commands.video
 from onnxstyle.errors import MissingDependencyError
 from onnxstyle.runtime.image_io import load_image, read_png_text, resize_to, save_image
 from onnxstyle.runtime.optimize import lbfgs
-from onnxstyle.runtime.sheet import contact_sheet, enlarge_for_labels
+from onnxstyle.commands.sheet import contact_sheet, enlarge_for_labels
 from onnxstyle.video.flow import dis_flow
 
 rgb, alpha = load_image({str(DATA / "tubingen.png")!r}, max_side=48)

@@ -86,7 +86,7 @@ def test_the_plan_counts_the_inputs_the_run_will_hold(tmp_path: Path) -> None:
     content at the output size, styles at their side, masks, the init image, colour copies):
     the bytes it predicts are those of the arrays then held, for a coarse-to-fine run whose
     first stage is far smaller than what it holds."""
-    from onnxstyle.jobs import StylizeJob
+    from onnxstyle.commands.stylize import StylizeJob
     from onnxstyle.runtime.memory import inputs_bytes
 
     class Recorder:
@@ -98,8 +98,9 @@ def test_the_plan_counts_the_inputs_the_run_will_hold(tmp_path: Path) -> None:
         job = StylizeJob(CONTENT, [STYLE, CONTENT], tmp_path / "o.png", s, masks=masks, init=CONTENT if init else None)
         predicted = job.plan(Recorder())
         job.load_images()
-        arrays = [job.content_rgb, *job.style_rgbs, *job.mask_arrays] + ([job.init_rgb] if init else [])
-        held = sum(a.nbytes for a in arrays) + (sum(a.nbytes for a in [job.content_rgb, *job.style_rgbs]) if colour else 0)
+        x = job.loaded
+        arrays = [x.content, *x.styles, *x.masks] + ([x.init] if init else [])
+        held = sum(a.nbytes for a in arrays) + (sum(a.nbytes for a in [x.content, *x.styles]) if colour else 0)
         assert predicted == held
         plan = plan_run(LossSpec(), job.output_size(), s, "openvino", "bf16", None, predicted)
         small = plan_run(LossSpec(), job.output_size(), s, "openvino", "bf16", None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxstyle.runtime.sheet import ascii_safe, contact_sheet, label_height, sheet_geometry, sheet_layout
+from onnxstyle.commands.sheet import ascii_safe, contact_sheet, label_height, sheet_geometry, sheet_layout
 
 COLOURS = [
     (1.0, 0.0, 0.0),

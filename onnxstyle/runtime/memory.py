@@ -135,7 +135,7 @@ def estimate_stage(
     eh, ew = extent or (height, width)
     tiled = extent is not None
     n = 3 * height * width
-    style_side = max(32, round(max(height, width) * settings.style_scale))
+    style_side = settings.style_side(max(height, width))
     if inputs is None:
         inputs = inputs_bytes((height, width), [(style_side, style_side)])
     # the content's copy per stage, the best image, the iterate shown (and the tiles' gradient sum)
@@ -192,22 +192,6 @@ def default_budget() -> int | None:
     if avail is None:
         return None
     return max(0, avail - max(256 * MiB, avail // 10))
-
-
-def parse_size(text: str) -> int:
-    """'6G', '512M', '1.5GiB', '800000000' → bytes (binary units: G means GiB)."""
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
-    try:
-        if t and t[-1] in units:
-            value = float(t[:-1]) * units[t[-1]]
-        else:
-            value = float(t)
-    except ValueError:
-        raise ValueError(f"--max-memory {text!r}: expected a size like 6G, 512M or a number of bytes") from None
-    if value <= 0:
-        raise ValueError(f"--max-memory {text!r}: must be positive")
-    return int(value)
 
 
 def check_fits(spec: LossSpec, height: int, width: int, optimizer: str, history: int, available: int | None = None) -> int:

@@ -137,12 +137,6 @@ def check_plan(plan: RunPlan) -> None:
             )
 
 
-def style_side(size: int, style_scale: float) -> int:
-    """The longest side a style image is resized to for a stage of ``size`` px (as the runtime's
-    targets do: ``size × style_scale``, never under 32 px)."""
-    return max(32, round(size * style_scale))
-
-
 def check_sizes(
     spec: LossSpec, content_hw: tuple[int, int], settings: RunSettings, styles: Sequence[tuple[int, int]] = (),
     masks: Sequence[tuple[int, int]] = (),
@@ -164,10 +158,10 @@ def check_sizes(
         if min(hw) < least:
             _refuse(spec, settings, "content", content_hw, hw, i, size, lambda s, n: min(fit_size(*content_hw, n, s.fit)))
         for k, st in enumerate(styles, start=1):
-            shw = fit_longest(*st, style_side(size, settings.style_scale))
+            shw = fit_longest(*st, settings.style_side(size))
             if min(shw) < least:
                 name = "style" if len(styles) == 1 else f"style {k}"
-                _refuse(spec, settings, name, st, shw, i, size, lambda s, n, st=st: min(fit_longest(*st, style_side(n, s.style_scale))))
+                _refuse(spec, settings, name, st, shw, i, size, lambda s, n, st=st: min(fit_longest(*st, s.style_side(n))))
 
 
 def _refuse(

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..spec import canonical_preset, preset_spec
+from ..spec import PRESETS, canonical_preset, preset_spec
 
 # Evaluations per stage of an explicit schedule given no --iterations (--scales alone): the
 # fixed count every stage had before the pyramid.
@@ -24,9 +24,24 @@ STOP_WINDOW = 20
 STOP_TOL = 2e-3
 STOP_TOL_COARSE = 1e-2  # a 256 px trace: ~1% per 20 evaluations after 150 on the coarse stages
 
+# Every allowed choice, defined once: the dataclasses check them, the CLI, the service's
+# schema and the backend selection read them from here.
 DEVICES = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 OPTIMIZERS = ("lbfgs", "lbfgs-b", "torch-lbfgs", "adam", "keras-lbfgs")
+PRESERVE_COLOR = ("luminance", "histogram")
+INITS = ("content", "style", "noise", "image")
+FITS = ("longest", "height")
+CARRIES = ("pairs", "scale", "none")
+
+
+def knob(default: Any, help: str, *, flag: str | None = None, show: str | None = None, choices: tuple[str, ...] | None = None,
+         min: float | None = None, max: float | None = None) -> Any:
+    """A user-facing setting: its default, and what the command line says of it (help, its
+    --flag when that differs from the field's name, the default shown, choices and bounds).
+    The commands generate their run options from these, so a new option is one edit here."""
+    meta = {"help": help, "flag": flag, "show": show, "choices": choices, "min": min, "max": max}
+    return dataclasses.field(default=default, metadata={"knob": meta})
 
 
 @dataclass(frozen=True)
@@ -64,42 +79,43 @@ class RunSettings:
 
     # Longest side of the output. 512 px is what Gatys et al. and neural-style showcase;
     # the cost per evaluation grows with the pixel count.
-    size: int = 512
+    size: int = knob(512, "longest side of the output in px", min=32)
     # Gradient evaluations per stage (the unit of cost). None: the default pyramid (see
     # stages()), whose stages end when the loss stops improving, each at most its own cap. A
     # number: that many in every stage, the fixed schedule of old (FIXED_ITERATIONS without
     # one but with --scales); the stop rule is then off unless stop_tol/stop_window are given.
-    iterations: int | None = None
+    iterations: int | None = knob(None, "gradient evaluations per stage (each stage of --scales), no stop rule", min=1,
+                                  show="the pyramid's caps (80 per coarse stage, 200 at the size), or the preset's")
     # None: the export's default (gatys: content 1, style 20, TV 0). The gatys losses are
     # relative errors, so these balance the same way at every size and for both weights.
-    content_weight: float | None = None
-    style_weight: float | None = None
-    tv_weight: float | None = None
+    content_weight: float | None = knob(None, "weight of the content loss", min=0, show="the export's (gatys: 1)")
+    style_weight: float | None = knob(None, "weight of the style loss", min=0, show="the export's (gatys: 20)")
+    tv_weight: float | None = knob(None, "weight of the total-variation loss", min=0, show="the export's (gatys: 0)")
     # Video: the weight of the temporal term (None: the export's default); it acts only where
     # a run is given a temporal target and weight map.
-    temporal_weight: float | None = None
+    temporal_weight: float | None = knob(None, "weight of the temporal term (video)", min=0, show="the export's")
     # Several styles: their Gram targets are averaged with these weights (normalized to sum 1).
-    style_blend: tuple[float, ...] | None = None
+    style_blend: tuple[float, ...] | None = knob(None, "weights of several styles, e.g. 0.7,0.3")
     # Style images are resized to size × style_scale (longest side) before their Grams are
     # taken: larger scales give larger brush strokes.
-    style_scale: float = 1.0
+    style_scale: float = knob(1.0, "style image size relative to --size", min=0.05)
     # content: fastest to converge and keeps the scene; noise is Gatys' original choice;
     # "image": start from the init image passed to the run.
-    init: str = "content"
+    init: str = knob("content", "content, style, noise or an image path")
     # Fixed by default so that the same command gives the same pixels on the same machine.
-    seed: int = 0
+    seed: int = knob(0, "for noise init", min=0)
     # lbfgs: a projected L-BFGS in float32 (pixels kept in [0,1]), within 0.35% of scipy's
     # float64 L-BFGS-B's loss at 46% of its memory (benchmarks/optimizer.py); lbfgs-b: scipy's;
     # torch-lbfgs: torch.optim.LBFGS as the PyTorch tutorial runs it; adam; keras-lbfgs: the
     # Keras example's restarted rounds.
-    optimizer: str = "lbfgs"
+    optimizer: str = knob("lbfgs", "the optimizer", choices=OPTIMIZERS)
     # L-BFGS memory; 20 pairs reach the loss of 100 within 0.1% (benchmarks/optimizer.py) at a
     # fifth of the memory. A tiled stage that cannot afford them keeps fewer (runtime/plan.py).
     lbfgs_history: int = 20
     # keras-lbfgs: the evaluations are split into this many fresh L-BFGS-B runs.
     rounds: int = 1
     # Adam step in [0,1] pixel units (0.02 ≈ 5/255 per step at first).
-    adam_lr: float = 0.02
+    adam_lr: float = knob(0.02, "Adam step in \\[0,1] pixel units", min=0, flag="lr")
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     # TensorFlow/Keras form of Adam's ε (on the uncorrected √v), for the tf-tutorial preset.
@@ -108,12 +124,13 @@ class RunSettings:
     fit: str = "longest"
     # Colour control (Gatys et al. 2017): None, "luminance" (transfer luminance only, keep
     # the content's chroma) or "histogram" (recolour the style to the content's colours).
-    preserve_color: str | None = None
+    preserve_color: str | None = knob(None, "luminance: keep the content's colours; histogram: recolour the style",
+                                      choices=PRESERVE_COLOR)
     # Coarse-to-fine: longest side per stage, the last being the output size; each stage
     # starts from the previous result upsampled. None: see coarse_to_fine_above.
-    scales: tuple[int, ...] | None = None
+    scales: tuple[int, ...] | None = knob(None, "coarse-to-fine, longest side per stage, e.g. 256,512,1024 (the last is the output)")
     # Evaluations per stage (default: ``iterations`` for every stage).
-    scale_iterations: tuple[int, ...] | None = None
+    scale_iterations: tuple[int, ...] | None = knob(None, "evaluations per stage, e.g. 300,150,50")
     # Above 512 px without --scales: first half the evaluations at half size, then the full
     # ``iterations`` at full size. At 512 px on OpenVINO bf16 a half-size stage reached the torch
     # reference's loss in 70 s against 93 s for one stage (torch: 457 s;
@@ -137,8 +154,10 @@ class RunSettings:
     # pyramid (window 20, tol 0.002 at the output size, 0.01 on coarse stages, where the
     # next stage refines anyway), off for an explicit --iterations/--scales (exactly that
     # many evaluations, as before). 0 disables either.
-    stop_window: int | None = None
-    stop_tol: float | None = None
+    stop_window: int | None = knob(None, "evaluations the stop rule looks back over; 0: never stop early", min=0, show="20")
+    stop_tol: float | None = knob(
+        None, "end a stage when the best loss fell by less than this fraction over --stop-window evaluations; 0: never",
+        min=0, max=0.999, show="0.002 at the size and 0.01 coarser for the pyramid; off with --iterations or --scales")
     # L-BFGS state handed from one coarse-to-fine stage to the next: "pairs" (the curvature
     # pairs resampled to the finer size, and the inverse-Hessian scale), "scale" (the scale
     # only), "none" (each stage starts with an empty memory, as before). None: "pairs" for
@@ -146,9 +165,9 @@ class RunSettings:
     carry: str | None = None
     # Exact tiled evaluation (runtime/tiling.py): "auto" tiles a stage only when its untiled
     # estimate exceeds the memory budget, "off" never, a number is the inner tile side in px.
-    tile: str | int = "auto"
+    tile: str | int = knob("auto", "auto: tile a stage only when it would not fit the memory budget; off; or the inner tile size in px")
     # The memory budget in bytes; None: what is available less a margin (runtime/memory.py).
-    max_memory: int | None = None
+    max_memory: int | None = knob(None, "memory budget, e.g. 6G or 512M", show="available memory less a margin")
     # Run each untiled stage on one of four grid canvases (runtime/canvas.py) on engines that
     # compile per shape (OpenVINO, TensorRT): batch and the service see every aspect ratio and
     # would compile and cache an engine per photo. Off for a single image, where snapping
@@ -156,11 +175,15 @@ class RunSettings:
     shape_grid: bool = False
 
     def __post_init__(self) -> None:
+        if self.scales:
+            # The last scale is the output's size, by definition: size can never disagree with
+            # the schedule (build_run_settings refuses a given --size that differs).
+            object.__setattr__(self, "size", int(self.scales[-1]))
         if self.size < 32:
             raise ValueError(f"size {self.size}: must be at least 32 px")
         if self.iterations is not None and self.iterations < 1:
             raise ValueError("iterations must be at least 1")
-        if self.carry not in (None, "pairs", "scale", "none"):
+        if self.carry not in (None, *CARRIES):
             raise ValueError(f"carry {self.carry!r}: choose pairs, scale or none")
         if (self.stop_window is not None and self.stop_window < 0) or (self.stop_tol is not None and not 0 <= self.stop_tol < 1):
             raise ValueError("stop-window must be ≥ 0 and stop-tol in [0, 1)")
@@ -168,20 +191,21 @@ class RunSettings:
             raise ValueError("pyramid-start must be ≥ 32 px and the pyramid's caps ≥ 1")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose {', '.join(OPTIMIZERS)}")
-        if self.preserve_color not in (None, "luminance", "histogram"):
+        if self.preserve_color not in (None, *PRESERVE_COLOR):
             raise ValueError(f"preserve_color {self.preserve_color!r}: choose luminance or histogram")
         if not (self.tile in ("auto", "off") or (isinstance(self.tile, int) and self.tile >= 32)):
             raise ValueError(f"--tile {self.tile!r}: auto, off, or an inner tile size of at least 32 px")
         if self.max_memory is not None and self.max_memory <= 0:
             raise ValueError("--max-memory must be positive")
-        if self.init not in ("content", "style", "noise", "image"):
+        if self.init not in INITS:
             raise ValueError(f"init {self.init!r}: choose content, style, noise or image")
-        if self.fit not in ("longest", "height"):
+        if self.fit not in FITS:
             raise ValueError(f"fit {self.fit!r}: longest or height")
         for name in ("content_weight", "style_weight", "tv_weight", "temporal_weight"):
             v = getattr(self, name)
             if v is not None and not (v >= 0 and v != float("inf")):
                 raise ValueError(f"{name.replace('_', '-')} {v}: must be a finite number ≥ 0")
+        self.stages()  # the schedule's own rules (rising scales, one count per scale)
 
     def replace(self, **changes: Any) -> "RunSettings":
         return dataclasses.replace(self, **changes)
@@ -223,6 +247,28 @@ class RunSettings:
         if stage < stages:
             tol *= STOP_TOL_COARSE / STOP_TOL
         return (window, min(tol, 0.5)) if window and tol else (0, 0.0)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """(height, width) of the result for a content of (height, width)."""
+        from .image_io import fit_size
+
+        return fit_size(height, width, self.size, self.fit)
+
+    def style_side(self, side: int | None = None) -> int:
+        """Longest side of the style images for a stage of longest side ``side`` (default: the
+        output size): size × style_scale, so larger scales give larger brush strokes."""
+        return max(32, round((side or self.size) * self.style_scale))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types (tuples as lists): what the PNG, the job table and the video's work
+        record store."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunSettings":
+        """The inverse of :meth:`to_dict`; unknown keys (a newer onnxstyle's) are ignored."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
     def carry_mode(self) -> str:
         return self.carry or ("pairs" if self.pyramid else "none")
@@ -289,3 +335,84 @@ def preset_run_settings(preset: str = "gatys", **explicit: Any) -> RunSettings:
     base = dict(PRESET_RUN.get(name, {}))
     base.update({k: v for k, v in explicit.items() if v is not None})
     return RunSettings(**base)
+
+
+# The settings a user gives by name (the CLI's flags, the service's JSON keys, the Python API's
+# keywords): every field, under its --flag where that differs (adam_lr is --lr).
+ALIASES: dict[str, str] = {
+    f.metadata["knob"]["flag"]: f.name for f in dataclasses.fields(RunSettings) if "knob" in f.metadata and f.metadata["knob"]["flag"]
+}
+_LISTS = {"style_blend": float, "scales": int, "scale_iterations": int}
+
+
+def _parsed(name: str, value: Any) -> Any:
+    """A value as a user gives it (text from a command line, JSON lists) in the field's type."""
+    if name in _LISTS and isinstance(value, (str, list, tuple)):
+        kind = _LISTS[name]
+        items = value.split(",") if isinstance(value, str) else value
+        try:
+            return tuple(kind(x) for x in items if not isinstance(x, str) or x.strip())
+        except (TypeError, ValueError):
+            example = "256,512" if kind is int else "0.7,0.3"
+            raise ValueError(f"--{name.replace('_', '-')} {value!r}: expected {'whole numbers' if kind is int else 'numbers'} like {example}") from None
+    if name == "tile" and isinstance(value, str):
+        t = value.strip().lower()
+        if t in ("auto", "off"):
+            return t
+        try:
+            return int(t)
+        except ValueError:
+            raise ValueError(f"--tile {value!r}: auto, off or a tile size in px") from None
+    if name == "max_memory" and isinstance(value, str):
+        return parse_size(value)
+    return value
+
+
+def parse_size(text: str) -> int:
+    """'6G', '512M', '1.5GiB', '800000000' → bytes (binary units: G means GiB)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    try:
+        if t and t[-1] in units:
+            value = float(t[:-1]) * units[t[-1]]
+        else:
+            value = float(t)
+    except ValueError:
+        raise ValueError(f"--max-memory {text!r}: expected a size like 6G, 512M or a number of bytes") from None
+    if value <= 0:
+        raise ValueError(f"--max-memory {text!r}: must be positive")
+    return int(value)
+
+
+def build_run_settings(preset: str = "gatys", styles: int | None = None, **given: Any) -> RunSettings:
+    """The one builder from user input: the CLI, batch, video, the service and the Python API.
+
+    ``given`` holds settings by field name or --flag name (None: not given); text and lists are
+    parsed, the preset's run settings lie beneath, and every rule is checked here, with the
+    same message everywhere: a ValueError a command shows as a usage error (exit 2, HTTP 422).
+    ``styles``: how many style images the run has, for --style-blend.
+    """
+    names = {f.name for f in dataclasses.fields(RunSettings)}
+    values: dict[str, Any] = {}
+    for key, value in given.items():
+        name = ALIASES.get(key, key)
+        if name not in names:
+            raise ValueError(f"unknown setting {key!r}")
+        if value is not None:
+            values[name] = _parsed(name, value)
+    scales = values.get("scales")
+    if scales and "size" in values and values["size"] != scales[-1]:
+        raise ValueError(f"--size {values['size']} differs from the last of --scales ({scales[-1]})")
+    if scales:
+        values["size"] = scales[-1]
+    settings = preset_run_settings(preset, **values)
+    if styles is not None and settings.style_blend is not None and len(settings.style_blend) != styles:
+        raise ValueError(f"--style-blend has {len(settings.style_blend)} weights for {styles} style images")
+    return settings
+
+
+def preset_names() -> tuple[str, ...]:
+    """Every preset name a user may give (with the aliases)."""
+    from ..spec import PRESET_ALIASES
+
+    return (*PRESETS, *PRESET_ALIASES)

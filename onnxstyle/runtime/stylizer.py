@@ -17,7 +17,7 @@ from .colour import luminance_image, match_histogram, match_luminance, recombine
 from ..exportdir import FEATURES, LOSS_GRAD, TILE_GRAD
 from .canvas import Canvas
 from .engine import Engine, TileGrad, no_temporal
-from .image_io import from_nchw, resize, resize_longest, resize_to, to_nchw
+from .image_io import fit_longest, from_nchw, resize_to, to_nchw
 from .memory import default_budget, inputs_bytes
 from .optimize import Iterate, LbfgsMemory, Objective, Result, StopRule, adam, lbfgs, lbfgs32, lbfgs_rounds, torch_lbfgs
 from .plan import RunPlan, StagePlan, check_plan, plan_run
@@ -61,10 +61,10 @@ class Stylizer:
         dynamic = settings.shape_grid
         ct = self.engine.features(canvas.pad(to_nchw(content)), dynamic=dynamic)
         targets = {k: v for k, v in ct.items() if k.startswith("content_")}
-        side = max(32, round((side or settings.size) * settings.style_scale))
+        side = settings.style_side(side)
         grams = []
         for st in styles:
-            f = self.engine.features(to_nchw(resize_longest(st, side)), dynamic=dynamic)
+            f = self.engine.features(to_nchw(resize_to(st, *fit_longest(*st.shape[:2], side))), dynamic=dynamic)
             grams.append({k: v.reshape(v.shape[-2:]) for k, v in f.items() if k.startswith("gram_")})
         if regions > 1:
             for k in grams[0]:
@@ -262,10 +262,10 @@ class Stylizer:
 
         targets = tiled_features(spec, plan, features, to_nchw(content), progress=on_tile)
         targets = {k: v for k, v in targets.items() if k.startswith("content_")}
-        side = max(32, round(stage.size * s.style_scale))
+        side = s.style_side(stage.size)
         grams = []
         for st in styles:
-            img = to_nchw(resize_longest(st, side))
+            img = to_nchw(resize_to(st, *fit_longest(*st.shape[:2], side)))
             grams.append(tiled_features(spec, plan_tiles(img.shape[2], img.shape[3], spec, plan.inner), features, img, progress=on_tile, maps=False))
         multi = len(masks) > 1
         w = blend_weights(len(styles), s.style_blend)
@@ -409,7 +409,7 @@ def _carried(
 
     def resample(v: np.ndarray) -> np.ndarray:
         # Unclipped: a step and a gradient change are signed.
-        plane = resize(np.ascontiguousarray(v.reshape(3, ph, pw).transpose(1, 2, 0)), h, w)
+        plane = resize_to(np.ascontiguousarray(v.reshape(3, ph, pw).transpose(1, 2, 0)), h, w, clip=False)
         return np.ascontiguousarray(plane.transpose(2, 0, 1), np.float32).ravel()
 
     return memory.carried(stage.history, ratio, resample)

@@ -19,13 +19,14 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ImageError, SizeError
-from ..runtime.image_io import ImageHeader, fit_size, load_image, read_header
+from ..runtime.image_io import ImageHeader, read_header
 from ..runtime.memory import estimate_run_bytes
 from ..runtime.plan import check_sizes
-from ..runtime.settings import RunSettings, preset_run_settings
+from ..runtime import inputs
+from ..runtime.settings import RunSettings, build_run_settings
 from ..spec import LossSpec, canonical_preset
 from .settings import ServeConfig
-from .store import QUEUED, JobRecord, JobStore, input_names, new_job_id, save_array, settings_record
+from .store import QUEUED, JobRecord, JobStore, input_names, new_job_id, save_array
 
 # Below this the deepest VGG layers (stride 16) would see no pixels at all.
 # Every setting fits in a few hundred bytes; a megabyte of "settings" is an attack on the parser.
@@ -95,19 +96,9 @@ def parse_settings(text: str | None, styles: int, export_preset: str, config: Se
     preset = canonical_preset(remote.preset or export_preset)
     if preset != export_preset:
         raise ApiError(422, f"settings.preset {remote.preset!r}: this server runs the {export_preset} export")
-    explicit = remote.model_dump(exclude={"preset", "lr"})
-    if remote.scales:
-        # As the CLI: the last scale is the output's size, and what the style side is taken from.
-        if remote.size is not None and remote.size != remote.scales[-1]:
-            raise ApiError(422, f"settings: --size {remote.size} differs from the last of --scales ({remote.scales[-1]})")
-        explicit["size"] = remote.scales[-1]
-    for key in ("style_blend", "scales", "scale_iterations"):
-        if explicit[key] is not None:
-            explicit[key] = tuple(explicit[key])
     try:
         # Users' photos come in every aspect ratio: the shape grid bounds the compiles and the cache.
-        settings = preset_run_settings(preset, adam_lr=remote.lr, shape_grid=True, **explicit)
-        stages = settings.stages()
+        settings = build_run_settings(preset, styles, shape_grid=True, **remote.model_dump(exclude={"preset"}))
     except ValueError as e:
         raise ApiError(422, f"settings: {e}") from None
     if settings.style_blend is not None:
@@ -117,6 +108,7 @@ def parse_settings(text: str | None, styles: int, export_preset: str, config: Se
             blend_weights(styles, settings.style_blend)
         except ValueError as e:
             raise ApiError(422, f"settings.style_blend: {e}") from None
+    stages = settings.stages()
     largest = max(size for size, _ in stages)
     if largest > config.max_size:
         raise ApiError(422, f"settings: {largest} px is over this server's limit of {config.max_size} px (--max-size)")
@@ -159,7 +151,7 @@ def plan_size(header: ImageHeader, settings: RunSettings, spec: LossSpec, styles
         check_sizes(spec, (h, w), settings, styles=[st.oriented for st in styles])
     except SizeError as e:
         raise ApiError(422, str(e)) from None
-    return fit_size(h, w, settings.stages()[-1][0], settings.fit)
+    return settings.output_size(h, w)
 
 
 @dataclass(frozen=True)
@@ -185,16 +177,12 @@ def admit_memory(spec: LossSpec, hw: tuple[int, int], settings: RunSettings, adm
     return need
 
 
-def _decode(upload: Upload, folder: Path, side: int, max_pixels: int) -> tuple[Any, Any]:
-    """Decode once (proving the file is an image) at the side it is used at, in the job's folder."""
-    tmp = folder / "upload.tmp"
-    tmp.write_bytes(upload.data)
+def _decode(upload: Upload, side: int, max_pixels: int) -> tuple[Any, Any]:
+    """Decode once (proving the file is an image) at the side it is used at."""
     try:
-        return load_image(tmp, side, max_pixels)
+        return inputs.decode(upload.data, side, upload.label, max_pixels)
     except ImageError as e:
-        raise ApiError(415, str(e).replace(str(tmp), upload.label)) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+        raise ApiError(415, str(e)) from None
 
 
 def prepare_job(
@@ -209,19 +197,19 @@ def prepare_job(
     folder = store.job_dir(job_id)
     folder.mkdir(parents=True)
     try:
-        rgb, alpha = _decode(content, folder, max(h, w), config.max_pixels)
+        rgb, alpha = _decode(content, max(h, w), config.max_pixels)
         save_array(folder / "content.npy", rgb)
         if alpha is not None:
             save_array(folder / "alpha.npy", alpha)
-        # Styles at the side their Grams are taken at (as the CLI's StylizeJob does).
-        style_side = max(32, round(max(settings.size, h, w) * settings.style_scale))
+        # Styles at the side their Grams are taken at (as every front end does).
+        side = inputs.style_side(settings, (h, w))
         for style, name in zip(styles, input_names(len(styles))[1:]):
-            srgb, _ = _decode(style, folder, style_side, config.max_pixels)
+            srgb, _ = _decode(style, side, config.max_pixels)
             save_array(folder / name, srgb)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return JobRecord(
         id=job_id, status=QUEUED, created=time.time(), iterations=settings.total_evaluations(), width=w, height=h,
-        styles=len(styles), settings=settings_record(settings), estimate=estimate, stages=len(settings.stages()),
+        styles=len(styles), settings=settings.to_dict(), estimate=estimate, stages=len(settings.stages()),
     )

@@ -12,7 +12,6 @@ and numpy, nothing else.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from dataclasses import dataclass
@@ -22,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..version import __version__
 from ..errors import Interrupted, OnnxStyleError
+from ..runtime import inputs
 from ..runtime.image_io import encode_image, from_nchw, resize_to, write_atomic
 from ..runtime.settings import EngineConfig, RunSettings
-from .store import PREVIEW, RESULT, input_names, load_array, settings_from_record, settings_record
+from .store import PREVIEW, RESULT, input_names, load_array
 
 if TYPE_CHECKING:  # the server imports this module: it must not load scipy for nothing
     from ..runtime.optimize import Iterate, Result
@@ -133,7 +132,7 @@ def _run_job(stylizer: Any, spec: WorkerSpec, conn: Connection, task: dict[str, 
     job_id = task["id"]
     folder = spec.jobs_dir / job_id
     try:
-        settings = settings_from_record(task["settings"])
+        settings = RunSettings.from_dict(task["settings"])
         names = input_names(task["styles"])
         content = load_array(folder / names[0])
         styles = [load_array(folder / n) for n in names[1:]]
@@ -188,19 +187,8 @@ def _preview_jpeg(image: np.ndarray) -> bytes:
 
 
 def _result_png(result: Result, settings: RunSettings, alpha: np.ndarray | None, job_id: str, provider: str) -> bytes:
-    """The final PNG with metadata written here, field by field: nothing in it is a path."""
-    rgb = from_nchw(result.image)
-    if alpha is not None:
-        alpha = resize_to(alpha, rgb.shape[0], rgb.shape[1])
-    meta = {
-        "onnxstyle": __version__,
-        "job": job_id,
-        "settings": settings_record(settings),
-        "evaluations": result.evaluations,
-        "loss": result.loss,
-        "terms": result.terms,
-        "elapsed": round(result.elapsed, 3),
-        "device": provider,
-        "error": result.error,
-    }
-    return encode_image(rgb, ".png", alpha, {"onnxstyle": json.dumps(meta)})
+    """The final PNG; nothing in its metadata is a path."""
+    return inputs.result_bytes(
+        result.image, ".png", alpha, settings, job=job_id, evaluations=result.evaluations, loss=result.loss, terms=result.terms,
+        elapsed=round(result.elapsed, 3), device=provider, error=result.error,
+    )

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..version import __version__
 from ..errors import ImageError, OptimizationError, OutputError
-from ..runtime.image_io import DEFAULT_MAX_PIXELS, fit_size, load_image, save_image, write_atomic
+from ..runtime import inputs
+from ..runtime.image_io import DEFAULT_MAX_PIXELS, save_image, write_atomic
 from ..runtime.settings import RunSettings
 from . import io as vio
 from .chunks import ChunkPlan, blend, chunk_ranges, covering
@@ -109,7 +110,7 @@ class VideoJob:
         """Probe the input, fix the frame size, and open the work folder; returns the frames
         already done there (a resumed run). ``models_id`` names the export the frames need."""
         self.info = vio.probe(self.input, self.folder_fps, self.max_pixels)
-        h, w = fit_size(self.info.height, self.info.width, self.settings.stages()[-1][0], self.settings.fit)
+        h, w = self.settings.output_size(self.info.height, self.info.width)
         self.height, self.width = vio.even_size(h, w) if self.to_video else (h, w)
         self.settings = _at_size(self.settings, self.height, self.width)
         available = self.info.frames or (self.max_frames or 0)
@@ -129,7 +130,7 @@ class VideoJob:
             "models": models_id,
             "size": [self.height, self.width],
             "fps": str(self.info.fps if self.info else ""),
-            "settings": json.loads(json.dumps(dataclasses.asdict(self.settings))),
+            "settings": self.settings.to_dict(),
             "video": json.loads(json.dumps(dataclasses.asdict(self.video))),
         }
 
@@ -153,8 +154,8 @@ class VideoJob:
         write_atomic(path, json.dumps(record, indent=1).encode())
 
     def load_styles(self) -> None:
-        side = max(32, round(max(self.height, self.width) * self.settings.style_scale))
-        self.style_rgbs = [load_image(p, side, self.max_pixels)[0] for p in self.styles]
+        side = inputs.style_side(self.settings, (self.height, self.width))
+        self.style_rgbs = [inputs.decode(p, side, max_pixels=self.max_pixels)[0] for p in self.styles]
 
     def source(self, start: int = 0) -> Iterator[np.ndarray]:
         assert self.info is not None, "prepare() first"
@@ -163,8 +164,8 @@ class VideoJob:
             yield rgb
 
     def write_frame(self, index: int, rgb: np.ndarray) -> None:
-        meta = {"onnxstyle": __version__, "frame": index, "fps": str(self.info.fps if self.info else ""), "source": str(self.input)}
-        save_image(vio.frame_path(self.work, index), rgb, text={"onnxstyle": json.dumps(meta)})
+        meta = inputs.metadata(self.settings, frame=index, fps=str(self.info.fps if self.info else ""), source=str(self.input))
+        save_image(vio.frame_path(self.work, index), rgb, text=meta)
 
     def run(self, stylizer: Stylizer, progress: Callable[[FrameIterate], None] | None = None) -> VideoStats:
         """Stylize every frame not yet in the work folder, in order, writing each when done."""

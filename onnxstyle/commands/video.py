@@ -1,4 +1,4 @@
-"""The ``onnxstyle video`` command: paths, progress, printing and exit codes of a video run."""
+"""``onnxstyle video``: paths, progress, printing and exit codes of a video run."""
 
 from __future__ import annotations
 
@@ -12,73 +12,19 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..cli import (
-    ENGINE,
-    EXIT_USAGE,
-    RUN,
-    ContentWeightOpt,
-    DeviceIdOpt,
-    DeviceOpt,
-    IterationsOpt,
-    MaxPixelsOpt,
-    ModelsOpt,
-    OptimizerOpt,
-    PoolingOpt,
-    Precision,
-    PrecisionOpt,
-    PresetOpt,
-    PreserveColorOpt,
-    QuietOpt,
-    SeedOpt,
-    SizeOpt,
-    StyleBlendOpt,
-    StyleScaleOpt,
-    StyleWeightOpt,
-    ThreadsOpt,
-    TvWeightOpt,
-    WeightsOpt,
-    duration,
-    engine_config,
-    fail,
-    interrupt_code,
-    models_preset,
-    open_stylizer,
-    printer,
-    sigterm_as_interrupt,
-    app,
-    err,
-    handle_errors,
-)
-from ..batch.command import DEFAULT_RAY_TIMEOUT, RayTimeoutOpt, VerboseOpt
 from ..errors import Interrupted
-from ..progress import PLAIN_INTERVAL, terms_text
-from ..runtime.image_io import DEFAULT_MAX_PIXELS
-from ..runtime.providers import Device
-from .chunks import ChunkPlan
-from .job import VideoJob, VideoStats
-from .temporal import FrameIterate, VideoSettings
+from ..video.chunks import ChunkPlan
+from ..video.job import VideoJob, VideoStats
+from ..video.temporal import FrameIterate, VideoSettings
+from ..workers.ray_address import DEFAULT_TIMEOUT as DEFAULT_RAY_TIMEOUT
+from .options import EXIT_USAGE, Common, RayTimeoutOpt, VerboseOpt, command, duration, err, fail, interrupt_code, sigterm_as_interrupt
+from .progress import PLAIN_INTERVAL, terms_text
 
 CHUNKS = ChunkPlan()
-
-LaterItersOpt = Annotated[
-    Optional[int],
-    typer.Option(min=1, help="evaluations for each frame after the first (it starts from the last one warped)", show_default="half"),
-]
-TemporalOpt = Annotated[
-    bool, typer.Option("--temporal/--no-temporal", help="temporal consistency (Ruder et al. 2016), or independent frames")
-]
-TemporalWeightOpt = Annotated[Optional[float], typer.Option(min=0, help="weight of the temporal term", show_default="the export's")]
-FpsOpt = Annotated[Optional[float], typer.Option(min=0.001, help="frame rate of a folder of frames", show_default="25")]
-MaxFramesOpt = Annotated[Optional[int], typer.Option(min=1, help="stylize only the first N frames")]
-RestartOpt = Annotated[bool, typer.Option("--restart", help="discard frames of an earlier run instead of resuming")]
-KeepFramesOpt = Annotated[bool, typer.Option("--keep-frames", help="keep the work folder of frames after the video is written")]
-RayOpt = Annotated[bool, typer.Option("--ray", help="overlapping chunks of the clip on Ray (pip install 'onnxstyle[ray]')")]
-RayAddressOpt = Annotated[
-    Optional[str], typer.Option(help="a Ray cluster (implies --ray)", show_default="RAY_ADDRESS, else a local Ray")
-]
-ChunkOpt = Annotated[int, typer.Option(min=2, help="--ray: frames per chunk")]
-OverlapOpt = Annotated[int, typer.Option(min=1, help="--ray: frames shared and cross-faded by neighbouring chunks")]
-WorkersOpt = Annotated[Optional[int], typer.Option(min=1, help="--ray: actors", show_default="cluster CPUs / --threads")]
+RUN_OPTIONS = (
+    "size", "iterations", "temporal_weight", "content_weight", "style_weight", "tv_weight", "style_blend", "style_scale", "seed",
+    "optimizer", "preserve_color",
+)
 
 
 class RayOn(NamedTuple):
@@ -142,69 +88,50 @@ class VideoProgress:
             self._bar.__exit__(kind, exc, tb)
 
 
-@app.command()
-@handle_errors
+@command(run=RUN_OPTIONS)
 def video(
     input: Annotated[Path, typer.Argument(exists=True, help="a video file, or a folder of frames")],
     styles: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="one or more style images")],
     output: Annotated[Path, typer.Option("--output", "-o", help="a video (.mp4, .mkv, .mov, .webm, .avi) or a folder for frames")],
-    size: SizeOpt = None,
-    iterations: IterationsOpt = None,
-    later_iterations: LaterItersOpt = None,
-    temporal: TemporalOpt = True,
-    temporal_weight: TemporalWeightOpt = None,
-    content_weight: ContentWeightOpt = None,
-    style_weight: StyleWeightOpt = None,
-    tv_weight: TvWeightOpt = None,
-    style_blend: StyleBlendOpt = None,
-    style_scale: StyleScaleOpt = RUN.style_scale,
-    seed: SeedOpt = RUN.seed,
-    optimizer: OptimizerOpt = None,
-    preserve_color: PreserveColorOpt = None,
-    max_frames: MaxFramesOpt = None,
-    fps: FpsOpt = None,
-    restart: RestartOpt = False,
-    keep_frames: KeepFramesOpt = False,
-    preset: PresetOpt = None,
-    pooling: PoolingOpt = None,
-    weights: WeightsOpt = None,
-    models: ModelsOpt = None,
-    device: DeviceOpt = Device(ENGINE.device),
-    device_id: DeviceIdOpt = ENGINE.device_id,
-    threads: ThreadsOpt = None,
-    precision: PrecisionOpt = Precision(ENGINE.precision),
-    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
-    ray: RayOpt = False,
-    ray_address: RayAddressOpt = None,
-    chunk_frames: ChunkOpt = CHUNKS.length,
-    overlap: OverlapOpt = CHUNKS.overlap,
-    workers: WorkersOpt = None,
+    later_iterations: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="evaluations for each frame after the first (it starts from the last one warped)", show_default="half"),
+    ] = None,
+    temporal: Annotated[
+        bool, typer.Option("--temporal/--no-temporal", help="temporal consistency (Ruder et al. 2016), or independent frames")
+    ] = True,
+    max_frames: Annotated[Optional[int], typer.Option(min=1, help="stylize only the first N frames")] = None,
+    fps: Annotated[Optional[float], typer.Option(min=0.001, help="frame rate of a folder of frames", show_default="25")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="discard frames of an earlier run instead of resuming")] = False,
+    keep_frames: Annotated[bool, typer.Option("--keep-frames", help="keep the work folder of frames after the video is written")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="overlapping chunks of the clip on Ray (pip install 'onnxstyle[ray]')")] = False,
+    ray_address: Annotated[
+        Optional[str], typer.Option(help="a Ray cluster (implies --ray)", show_default="RAY_ADDRESS, else a local Ray")
+    ] = None,
+    chunk_frames: Annotated[int, typer.Option(min=2, help="--ray: frames per chunk")] = CHUNKS.length,
+    overlap: Annotated[int, typer.Option(min=1, help="--ray: frames shared and cross-faded by neighbouring chunks")] = CHUNKS.overlap,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="--ray: actors", show_default="cluster CPUs / --threads")] = None,
     ray_timeout: RayTimeoutOpt = DEFAULT_RAY_TIMEOUT,
     verbose: VerboseOpt = False,
-    quiet: QuietOpt = False,
+    *, run: dict[str, Any], common: Common,
 ) -> None:
     """Stylize a video with temporal consistency; Ctrl-C keeps the frames done, a rerun resumes."""
-    from ..batch.command import check_ray_address, run_settings
+    from ..workers import ray_address as ra
 
-    say = printer(quiet)
-    preset_name = preset.value if preset else models_preset(models) or "gatys"
-    settings = run_settings(
-        preset_name, size, iterations, None, optimizer, preserve_color, None, None, style_blend,
-        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, temporal_weight=temporal_weight,
-        style_scale=style_scale, seed=seed,
-    ).replace(shape_grid=False)  # every frame has the clip's one shape
+    say = common.say
+    settings = common.settings(run, len(styles))  # every frame has the clip's one shape: no grid
     plan = ChunkPlan(chunk_frames, overlap) if ray or ray_address else None
     if plan is not None:
-        check_ray_address(ray_address, ray_timeout)
+        ra.check(ra.resolve(ray_address), ray_timeout)
     job = VideoJob(
         input, list(styles), output, settings, VideoSettings(temporal=temporal, later_iterations=later_iterations),
-        max_frames=max_frames, folder_fps=Fraction(fps or 25).limit_denominator(1001), max_pixels=max_pixels, keep_frames=keep_frames,
+        max_frames=max_frames, folder_fps=Fraction(fps or 25).limit_denominator(1001), max_pixels=common.max_pixels,
+        keep_frames=keep_frames,
     )
     if fps is not None and not input.is_dir():
         raise fail("--fps is for a folder of frames; a video file keeps its own frame rate", EXIT_USAGE)
     job.check_paths()
-    config = engine_config(device, device_id, threads, precision, False)
-    stylizer = open_stylizer(preset_name, pooling and pooling.value, weights, models, config, say)
+    stylizer = common.open()
     files = stylizer.engine.manifest.data.get("files", {})
     done = job.prepare(str(files.get("loss_grad.onnx", {}).get("sha256", stylizer.engine.folder)), restart)
     job.load_styles()
@@ -216,8 +143,7 @@ def video(
     )
     if done:
         say(f"resuming: {len(done)} of {job.frames} frames already in {job.work}")
-    ray_on = RayOn(ray_address, ray_timeout, verbose)
-    stats = _stylize(job, stylizer, plan, workers, threads, ray_on, quiet, say)
+    stats = _stylize(job, stylizer, plan, workers, common.threads, RayOn(ray_address, ray_timeout, verbose), common.quiet, say)
     if job.to_video:
         say(f"assembling {job.output} …")
         job.assemble()
@@ -246,8 +172,8 @@ def _stylize(
 def _on_ray(
     job: VideoJob, stylizer: Any, plan: ChunkPlan, workers: int | None, threads: int | None, ray_on: RayOn, say: Any
 ) -> VideoStats:
-    from ..batch.pools import RayWorkers
-    from ..batch.worker import ModelsSource, WorkerSpec
+    from ..workers.pools import RayWorkers
+    from ..workers.worker import ModelsSource, WorkerSpec
 
     models = ModelsSource(str(stylizer.engine.folder), stylizer.engine.fix_hint)
     spec = WorkerSpec(models, stylizer.engine.config, job.style_rgbs, job.settings)

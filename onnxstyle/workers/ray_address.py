@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ProviderError, engine_message
+from ..errors import ProviderError, engine_message
 
 # Seconds for the whole check: a head on a LAN or in the same cloud region answers in
 # milliseconds; a few seconds leaves room for a slow DNS without making a typo cost minutes.

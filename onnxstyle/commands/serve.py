@@ -1,4 +1,4 @@
-"""``onnxstyle serve``: registers itself on the CLI's app (imported at the end of cli.py).
+"""``onnxstyle serve``: stylization over HTTP (the ``[serve]`` extra).
 
 FastAPI and uvicorn are imported only when the command runs: the CLI stays light, and
 without the ``[serve]`` extra the command says so in one line (exit code 10).
@@ -16,11 +16,10 @@ import typer
 
 from rich.markup import escape
 
-from ..cli import ENGINE, DeviceIdOpt, DeviceOpt, MaxPixelsOpt, ModelsOpt, Precision, PrecisionOpt, QuietOpt, ThreadsOpt, app, err, handle_errors
 from ..errors import MissingDependencyError, OnnxStyleError
-from ..runtime.providers import Device
 from ..runtime.settings import EngineConfig
-from .settings import TOKEN_ENV, ServeConfig
+from ..serve.settings import TOKEN_ENV, ServeConfig
+from .options import ENGINE, DeviceIdOpt, DeviceOpt, MaxPixelsOpt, ModelsOpt, PrecisionOpt, QuietOpt, ThreadsOpt, err, handle_errors
 
 DEFAULTS = ServeConfig(models=Path("."))
 
@@ -71,7 +70,6 @@ def _check_port(host: str, port: int) -> None:
             raise OnnxStyleError(f"cannot listen on {host}:{port}: {e.strerror} (choose another --port or --host)") from None
 
 
-@app.command()
 @handle_errors
 def serve(
     models: ModelsOpt = None,
@@ -89,10 +87,10 @@ def serve(
     memory_budget: BudgetOpt = None,
     memory_margin: MarginOpt = DEFAULTS.memory_margin_mb,
     cors_origin: CorsOpt = None,
-    device: DeviceOpt = Device(ENGINE.device),
+    device: DeviceOpt = ENGINE.device,
     device_id: DeviceIdOpt = ENGINE.device_id,
     threads: ThreadsOpt = None,
-    precision: PrecisionOpt = Precision(ENGINE.precision),
+    precision: PrecisionOpt = ENGINE.precision,
     quiet: QuietOpt = False,
 ) -> None:
     """Serve stylization over HTTP: a JSON API, live progress (SSE) and a web page at /."""
@@ -110,10 +108,10 @@ def serve(
         max_upload_mb=max_upload, max_size=max_size, max_evaluations=max_evaluations,
         body_timeout=body_timeout, max_pixels=max_pixels, memory_budget_mb=memory_budget,
         memory_margin_mb=memory_margin, cors_origins=tuple(cors_origin or ()),
-        engine=EngineConfig(device.value, device_id, threads, precision.value),
+        engine=EngineConfig(device, device_id, threads, precision),
     )
     _check_port(host, port)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from .app import run_server
+    from ..serve.app import run_server
 
     run_server(config, say)

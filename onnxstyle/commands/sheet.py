@@ -27,7 +27,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .image_io import resize
+from ..runtime.image_io import resize_to
 
 __all__ = [
     "SheetLayout",
@@ -272,7 +272,7 @@ def _resize(panel: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     if panel.shape[:2] == (h, w):
         return panel
     # Bicubic (enlarging) overshoots, hence the clip.
-    return np.clip(resize(panel, h, w), 0.0, 1.0)
+    return resize_to(panel, h, w)
 
 
 def contact_sheet(

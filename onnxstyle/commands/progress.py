@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:  # the CLI stays light: no scipy for drawing a bar
-    from .runtime.optimize import Iterate
+    from ..runtime.optimize import Iterate
 
 # Seconds between plain lines; a log gets a line every 10 s and one at the end.
 PLAIN_INTERVAL = float(os.environ.get("ONNXSTYLE_PROGRESS_INTERVAL", "10"))

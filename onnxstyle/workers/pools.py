@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from ..exportdir import GRAPHS, MANIFEST
-from .. import ray_address
+from . import ray_address
 from ..errors import MissingDependencyError, engine_message
 from ..runtime.providers import physical_cores
 from .worker import ModelsSource, Worker, WorkerSpec
@@ -144,7 +144,7 @@ class RayWorkers:
     With no address (and no RAY_ADDRESS, or ``local``), Ray starts in this process on this
     machine and is shut down at the end; the models folder and the inputs are then read by
     path. On a cluster they travel through the object store: the models once, each input as
-    its bytes. An address is checked first (:mod:`onnxstyle.ray_address`): one that does not
+    its bytes. An address is checked first (:mod:`onnxstyle.workers.ray_address`): one that does not
     answer within ``timeout`` seconds is a one-line :class:`RayAddressError`, never a Ray retry loop.
     """
 

@@ -8,7 +8,6 @@ output is either whole or absent whatever happens to a worker.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..version import __version__
-from ..errors import ImageError, OnnxStyleError, OptimizationError
-from ..runtime.image_io import DEFAULT_MAX_PIXELS, encode_image, fit_size, from_nchw, load_image, probe_image, resize_to
+from ..errors import OnnxStyleError, OptimizationError
+from ..runtime import inputs
+from ..runtime.image_io import DEFAULT_MAX_PIXELS
 from ..runtime.settings import EngineConfig, RunSettings
 
 if TYPE_CHECKING:
@@ -81,15 +80,12 @@ class Worker:
         """Stylize one image, given as a readable path or as its bytes; errors are returned,
         never raised, so one bad item does not stop the batch (Ctrl-C still stops it)."""
         try:
-            rgb, alpha = self._load(name, path, data)
-            result = self.stylizer.run(rgb, self.spec.styles, self.spec.settings)
+            x = inputs.load(Path(path) if data is None else data, [], self.spec.settings, max_pixels=self.spec.max_pixels,
+                            names=None if data is None else [name], style_rgbs=self.spec.styles)
+            result = self.stylizer.run(x.content, x.styles, self.spec.settings)
             if result.error:
                 raise OptimizationError(result.error)
-            out = from_nchw(result.image)
-            if alpha is not None:
-                alpha = resize_to(alpha, *out.shape[:2])
-            meta = {"onnxstyle": __version__, "content": name, "settings": _settings_record(self.spec.settings), **self.spec.meta}
-            encoded = encode_image(out, self.spec.ext, alpha, {"onnxstyle": json.dumps(meta)})
+            encoded = inputs.result_bytes(result.image, self.spec.ext, x.alpha, self.spec.settings, content=name, **self.spec.meta)
             return Outcome(name, encoded, evaluations=result.evaluations, seconds=result.elapsed)
         except OnnxStyleError as e:
             return Outcome(name, None, str(e), e.exit_code)
@@ -103,37 +99,12 @@ class Worker:
         consistency, from the first frame's own init: (uint8 [N,H,W,3], evaluations)."""
         from ..video.temporal import stylize_frames
 
-        inputs = ((i, f.astype(np.float32) / 255.0, None) for i, f in enumerate(frames))
+        given = ((i, f.astype(np.float32) / 255.0, None) for i, f in enumerate(frames))
         outs, evaluations = [], 0
-        for _, out, result in stylize_frames(self.stylizer, inputs, self.spec.styles, self.spec.settings, video):
+        for _, out, result in stylize_frames(self.stylizer, given, self.spec.styles, self.spec.settings, video):
             outs.append(np.round(np.clip(out, 0, 1) * 255).astype(np.uint8))
             evaluations += result.evaluations
         return np.stack(outs), evaluations
-
-    def _load(self, name: str, path: str | None, data: bytes | None) -> tuple[np.ndarray, np.ndarray | None]:
-        if data is None:
-            assert path is not None
-            return self._decode(Path(path))
-        with tempfile.TemporaryDirectory(prefix="onnxstyle-item-") as tmp:
-            # load_image's checks (bombs, truncation, orientation) work on files: the bytes
-            # become one under the item's own name, which error messages then carry.
-            p = Path(tmp) / Path(name).name
-            p.write_bytes(data)
-            try:
-                return self._decode(p)
-            except ImageError as e:
-                raise ImageError(str(e).replace(str(p), name)) from None
-
-    def _decode(self, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-        s = self.spec.settings
-        h, w = fit_size(*probe_image(path, self.spec.max_pixels).oriented, s.stages()[-1][0], s.fit)
-        return load_image(path, max(h, w), self.spec.max_pixels)
-
-
-def _settings_record(settings: RunSettings) -> dict[str, Any]:
-    from ..jobs import settings_record
-
-    return settings_record(settings)
 
 
 def _models_folder(source: ModelsSource) -> Path:
