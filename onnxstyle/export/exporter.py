@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from filelock import FileLock
 
 from ..version import __version__
 from ..errors import ExportError
@@ -156,14 +157,7 @@ def _weight_names(w: Weights) -> set[str]:
 def _commit(tmp: Path, folder: Path, overwrite: bool) -> None:
     # Two exporters may finish at once (two `stylize` runs exporting on first use): the
     # lock serialises the rename dance so that neither sees the other's half-swapped state.
-    lock_path = folder.parent / f".{folder.name}.lock"
-    with open(lock_path, "a") as lock:
-        try:
-            import fcntl
-
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        except ImportError:  # not POSIX: renames alone, still atomic per folder
-            pass
+    with FileLock(folder.parent / f".{folder.name}.lock"):
         _swap(tmp, folder, overwrite)
 
 

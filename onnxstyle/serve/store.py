@@ -9,7 +9,6 @@ random UUID in its canonical form: no text from a request ever becomes part of a
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import io
 import json
 import math
@@ -21,9 +20,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from ..errors import OnnxStyleError
 from ..runtime.image_io import write_atomic
@@ -158,7 +158,7 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-        self._owner.close()
+        self._owner.release()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -246,16 +246,16 @@ class JobStore:
         return all((folder / name).is_file() for name in input_names(job.styles))
 
 
-def _lock_folder(data: Path) -> IO[str]:
+def _lock_folder(data: Path) -> FileLock:
     """One server per data folder: two would run the same queued jobs. The kernel drops the
-    lock when the process ends, however it ends, so a restart after kill -9 is not refused."""
-    handle = open(data / "serve.lock", "a+")  # noqa: SIM115 (held for the store's lifetime)
+    lock (flock) when the process ends, however it ends, so a restart after kill -9 is not
+    refused. Not thread-local: the store may be closed from another thread than opened it."""
+    lock = FileLock(data / "serve.lock", timeout=0, thread_local=False)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
+        lock.acquire()
+    except Timeout:
         raise OnnxStyleError(f"{data} is in use by another onnxstyle serve; give this one its own --data") from None
-    return handle
+    return lock
 
 
 def input_names(styles: int) -> list[str]:
