@@ -1,4 +1,5 @@
-"""Typed errors raised by the library; the CLI alone maps them to messages and exit codes."""
+"""Typed errors raised by the library, each with its exit code; :func:`describe` turns any error
+that reaches an edge (a command, a batch worker, the service) into one line and that code."""
 
 from __future__ import annotations
 
@@ -174,3 +175,19 @@ def engine_failure(e: BaseException, stage: str, graph: str, shape: tuple[int, .
         )
     hint = "; try a smaller --size (or --tile auto)" if _NO_MEMORY.search(full) else "; the engine failed, not the models folder"
     return EngineError(f"{device} could not {stage} the {graph} graph for an image of {what} ({text}){hint}", stage, graph, what, device)
+
+
+EXIT_USAGE = 2
+
+
+def describe(e: BaseException) -> tuple[str, int] | None:
+    """(one-line message, exit code) of an error the user can act on: the library's typed errors
+    with their own code, a setting refused by the library (ValueError) as a usage error, memory
+    run out as 1; None for anything else (a bug: the edge decides how to show it)."""
+    if isinstance(e, OnnxStyleError):
+        return str(e), e.exit_code
+    if isinstance(e, ValueError):
+        return str(e), EXIT_USAGE
+    if isinstance(e, MemoryError):
+        return "out of memory; try a smaller --size", 1
+    return None

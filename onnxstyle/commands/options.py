@@ -8,7 +8,6 @@ edge; the service does the same for HTTP in its own layer.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import inspect
 import json
@@ -23,15 +22,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import EngineError, Interrupted, OnnxStyleError, OptimizationError, Terminated
+from ..errors import EXIT_USAGE, EngineError, Interrupted, OnnxStyleError, OptimizationError, Terminated, describe
 from ..runtime.image_io import DEFAULT_MAX_PIXELS
-from ..runtime.settings import DEVICES, PRECISIONS, EngineConfig, RunSettings, build_run_settings, preset_names
+from ..runtime.settings import DEVICES, PRECISIONS, EngineConfig, RunSettings, build_run_settings, knobs, preset_names, scalar_type
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ENGINE = EngineConfig()
-EXIT_USAGE = 2
 EXIT_FAULTS = OptimizationError.exit_code
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
@@ -62,16 +60,11 @@ def handle_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except OnnxStyleError as e:
+        except (OnnxStyleError, ValueError, MemoryError) as e:
             explain(e)
+            message, code = describe(e) or (str(e), 1)
             hint = " (onnxstyle -v … shows the engine's own message)" if isinstance(e, EngineError) and not VERBOSE["on"] else ""
-            raise fail(str(e) + hint, e.exit_code) from None
-        except ValueError as e:  # settings the library refused: a usage error
-            explain(e)
-            raise fail(str(e), EXIT_USAGE) from None
-        except MemoryError as e:
-            explain(e)
-            raise fail("out of memory; try a smaller --size", 1) from None
+            raise fail(message + hint, code) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -209,10 +202,10 @@ def run_option(name: str, help: str | None = None, show: str | None = None) -> t
     """(parameter name, annotation) of a RunSettings field as an option, from its knob: the
     flag, help, default shown, choices and bounds. Always None by default: what is not given
     comes from the preset."""
-    f = next(f for f in dataclasses.fields(RunSettings) if f.name == name)
+    f = knobs()[name]
     k = f.metadata["knob"]
     param = k["flag"] or f.name
-    kind: Any = choice(k["choices"]) if k["choices"] else str if name in _LIST_OR_TEXT else float if "float" in str(f.type) else int if "int" in str(f.type) else str
+    kind: Any = choice(k["choices"]) if k["choices"] else str if name in _LIST_OR_TEXT else scalar_type(f)
     shown = show or k["show"] or (f"{f.default}, or the preset's" if f.default is not None else None)
     option = typer.Option(
         f"--{param.replace('_', '-')}", help=help or k["help"], show_default=shown if shown else False, min=k["min"], max=k["max"],

@@ -16,24 +16,16 @@ from ..errors import Interrupted
 from ..runtime import inputs
 from ..runtime.image_io import check_output_path, from_nchw, save_image
 from ..runtime.optimize import Iterate, Result
-from ..runtime.settings import RunSettings, build_run_settings
+from ..runtime.settings import RunSettings, build_run_settings, knobs, scalar_type
 from .options import EXIT_FAULTS, EXIT_INTERRUPTED, EXIT_USAGE, Common, command, err, fail, interrupt_code, sigterm_as_interrupt
 
-# What `sweep --vary` can vary: CLI name → (RunSettings field, or preset/pooling, and type).
+# What `sweep --vary` can vary: CLI name → (RunSettings field, or preset/pooling, and its type),
+# the fields' names and types read from their knobs.
+VARIED = ("style_weight", "content_weight", "tv_weight", "init", "seed", "iterations", "size", "style_scale", "optimizer",
+          "adam_lr", "preserve_color")
 VARYABLE: dict[str, tuple[str, type]] = {
-    "style-weight": ("style_weight", float),
-    "content-weight": ("content_weight", float),
-    "tv-weight": ("tv_weight", float),
-    "init": ("init", str),
-    "seed": ("seed", int),
-    "iterations": ("iterations", int),
-    "size": ("size", int),
-    "style-scale": ("style_scale", float),
-    "optimizer": ("optimizer", str),
-    "lr": ("adam_lr", float),
-    "preserve-color": ("preserve_color", str),
-    "preset": ("preset", str),
-    "pooling": ("pooling", str),
+    **{(knobs()[n].metadata["knob"]["flag"] or n).replace("_", "-"): (n, scalar_type(knobs()[n])) for n in VARIED},
+    "preset": ("preset", str), "pooling": ("pooling", str),
 }
 PANEL_SIZE = 256  # a sheet of panels: each small enough that a 3×3 grid takes minutes, not hours
 

@@ -104,11 +104,7 @@ def _normalize(spec: LossSpec, raw: torch.Tensor, mass: torch.Tensor, c: int) ->
 
 
 def reference_loss(
-    model: VGG19,
-    spec: LossSpec,
-    image: torch.Tensor,
-    targets: dict[str, torch.Tensor],
-    weights: dict[str, float] | None = None,
+    model: VGG19, spec: LossSpec, image: torch.Tensor, targets: dict[str, torch.Tensor], weights: dict[str, float] | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The loss of README's equations, written directly in torch; returns (total, terms)."""
     w = spec.weight_defaults()
@@ -186,11 +182,7 @@ def _guided_err(spec: LossSpec, f: torch.Tensor, m: torch.Tensor, a: torch.Tenso
 
 
 def reference_loss_and_grad(
-    model: VGG19,
-    spec: LossSpec,
-    image: torch.Tensor,
-    targets: dict[str, torch.Tensor],
-    weights: dict[str, float] | None = None,
+    model: VGG19, spec: LossSpec, image: torch.Tensor, targets: dict[str, torch.Tensor], weights: dict[str, float] | None = None
 ) -> tuple[float, torch.Tensor, dict[str, float]]:
     x = image.detach().clone().requires_grad_(True)
     total, terms = reference_loss(model, spec, x, targets, weights)

@@ -51,20 +51,10 @@ class Preprocessing:
         return m.astype(np.float32), b.astype(np.float32)
 
 
-CAFFE = Preprocessing(
-    order=(2, 1, 0),
-    scale=255.0,
-    mean=(103.939, 116.779, 123.68),
-    std=(1.0, 1.0, 1.0),
-    description="Caffe: BGR, 0-255, minus the ImageNet mean (103.939, 116.779, 123.68)",
-)
-TORCHVISION = Preprocessing(
-    order=(0, 1, 2),
-    scale=1.0,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
-    description="torchvision: RGB, [0,1], minus mean (0.485, 0.456, 0.406), over std (0.229, 0.224, 0.225)",
-)
+CAFFE = Preprocessing((2, 1, 0), 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0),
+                      "Caffe: BGR, 0-255, minus the ImageNet mean (103.939, 116.779, 123.68)")
+TORCHVISION = Preprocessing((0, 1, 2), 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                            "torchvision: RGB, [0,1], minus mean (0.485, 0.456, 0.406), over std (0.229, 0.224, 0.225)")
 
 
 @dataclass

@@ -9,18 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ProviderError
+from .settings import DEVICES
 
 TRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    tensorrt = "tensorrt"
-    openvino = "openvino"
+# The devices a user may ask for, from the one list of them (settings.DEVICES).
+Device = Enum("Device", {d: d for d in DEVICES}, type=str)  # type: ignore[misc]
 
 
 # Fastest first. TensorRT compiles fused engines; CUDA runs node by node; CPU always exists.

@@ -98,12 +98,12 @@ class RunSettings:
     style_blend: tuple[float, ...] | None = knob(None, "weights of several styles, e.g. 0.7,0.3")
     # Style images are resized to size × style_scale (longest side) before their Grams are
     # taken: larger scales give larger brush strokes.
-    style_scale: float = knob(1.0, "style image size relative to --size", min=0.05)
+    style_scale: float = knob(1.0, "style image size relative to --size", min=0.05, max=4.0)
     # content: fastest to converge and keeps the scene; noise is Gatys' original choice;
     # "image": start from the init image passed to the run.
     init: str = knob("content", "content, style, noise or an image path")
     # Fixed by default so that the same command gives the same pixels on the same machine.
-    seed: int = knob(0, "for noise init", min=0)
+    seed: int = knob(0, "for noise init", min=0, max=2**32 - 1)  # numpy's seeds
     # lbfgs: a projected L-BFGS in float32 (pixels kept in [0,1]), within 0.35% of scipy's
     # float64 L-BFGS-B's loss at 46% of its memory (benchmarks/optimizer.py); lbfgs-b: scipy's;
     # torch-lbfgs: torch.optim.LBFGS as the PyTorch tutorial runs it; adam; keras-lbfgs: the
@@ -115,7 +115,7 @@ class RunSettings:
     # keras-lbfgs: the evaluations are split into this many fresh L-BFGS-B runs.
     rounds: int = 1
     # Adam step in [0,1] pixel units (0.02 ≈ 5/255 per step at first).
-    adam_lr: float = knob(0.02, "Adam step in \\[0,1] pixel units", min=0, flag="lr")
+    adam_lr: float = knob(0.02, "Adam step in \\[0,1] pixel units", min=1e-9, flag="lr")
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     # TensorFlow/Keras form of Adam's ε (on the uncorrected √v), for the tf-tutorial preset.
@@ -335,6 +335,16 @@ def preset_run_settings(preset: str = "gatys", **explicit: Any) -> RunSettings:
     base = dict(PRESET_RUN.get(name, {}))
     base.update({k: v for k, v in explicit.items() if v is not None})
     return RunSettings(**base)
+
+
+def knobs() -> dict[str, dataclasses.Field]:
+    """RunSettings' user-facing fields by name; ``.metadata["knob"]`` holds what knob() was given."""
+    return {f.name: f for f in dataclasses.fields(RunSettings) if "knob" in f.metadata}
+
+
+def scalar_type(f: dataclasses.Field) -> type:
+    """float, int or str: the type of one value of a field (its annotation is text here)."""
+    return float if "float" in str(f.type) else int if "int" in str(f.type) else str
 
 
 # The settings a user gives by name (the CLI's flags, the service's JSON keys, the Python API's

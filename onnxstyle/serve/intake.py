@@ -16,14 +16,14 @@ from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from ..errors import ImageError, SizeError
 from ..runtime.image_io import ImageHeader, read_header
 from ..runtime.memory import estimate_run_bytes
 from ..runtime.plan import check_sizes
 from ..runtime import inputs
-from ..runtime.settings import RunSettings, build_run_settings
+from ..runtime.settings import RunSettings, build_run_settings, knobs, scalar_type
 from ..spec import LossSpec, canonical_preset
 from .settings import ServeConfig
 from .store import QUEUED, JobRecord, JobStore, input_names, new_job_id, save_array
@@ -42,28 +42,30 @@ class ApiError(Exception):
         self.message = message
 
 
-class RemoteSettings(BaseModel):
-    """The stylize options that make sense remotely (the CLI's names, JSON types)."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    preset: Optional[str] = None
-    size: Optional[int] = Field(None, ge=32)
-    iterations: Optional[int] = Field(None, ge=1)
-    content_weight: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
-    style_weight: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
-    tv_weight: Optional[float] = Field(None, ge=0, allow_inf_nan=False)
-    style_blend: Optional[list[float]] = None
-    style_scale: Optional[float] = Field(None, ge=0.05, le=4.0)
-    init: Optional[Literal["content", "style", "noise"]] = None
-    seed: Optional[int] = Field(None, ge=0, le=2**32 - 1)
-    optimizer: Optional[str] = None  # checked by RunSettings, which knows the optimizers
-    lr: Optional[float] = Field(None, gt=0, allow_inf_nan=False)
-    preserve_color: Optional[str] = None  # checked by RunSettings
-    scales: Optional[list[int]] = None
-    scale_iterations: Optional[list[int]] = None
+# The stylize options that make sense remotely (no paths: no init image, no masks). Their JSON
+# names, types, bounds and choices come from RunSettings' knobs, as the CLI's options do.
+REMOTE = (
+    "size", "iterations", "content_weight", "style_weight", "tv_weight", "style_blend", "style_scale", "init", "seed",
+    "optimizer", "adam_lr", "preserve_color", "scales", "scale_iterations",
+)
+_REMOTE_TYPES: dict[str, Any] = {
+    "style_blend": list[float], "scales": list[int], "scale_iterations": list[int],
+    "init": Literal["content", "style", "noise"],  # "image" needs an init upload, which the service does not take
+}
 
 
+def _remote_model() -> type[BaseModel]:
+    fields: dict[str, Any] = {"preset": (Optional[str], None)}
+    for name in REMOTE:
+        f = knobs()[name]
+        k = f.metadata["knob"]
+        kind = _REMOTE_TYPES.get(name) or (Literal[k["choices"]] if k["choices"] else scalar_type(f))
+        bounds = {"ge": k["min"], "le": k["max"], **({"allow_inf_nan": False} if kind is float else {})}
+        fields[k["flag"] or f.name] = (Optional[kind], Field(None, description=k["help"], **bounds))
+    return create_model("RemoteSettings", __config__=ConfigDict(extra="forbid", strict=True), **fields)
+
+
+RemoteSettings = _remote_model()
 SETTING_NAMES = tuple(RemoteSettings.model_fields)
 
 

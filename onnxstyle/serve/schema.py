@@ -128,8 +128,6 @@ def job_request_body(config: ServeConfig) -> dict[str, Any]:
 def settings_schema(config: ServeConfig) -> dict[str, Any]:
     """RemoteSettings' JSON schema with this server's limits and the names RunSettings knows,
     so that a client (or a fuzzer) learns them from the schema rather than from 422s."""
-    from ..runtime.settings import OPTIMIZERS
-
     schema = RemoteSettings.model_json_schema()
     schema.pop("title", None)
     schema["description"] = (
@@ -143,8 +141,6 @@ def settings_schema(config: ServeConfig) -> dict[str, Any]:
     _narrow(props["iterations"], evaluations)
     _narrow(props["scales"], {"type": "array", "items": side, "description": "rising stage sizes; the last is the output's"})
     _narrow(props["scale_iterations"], {"type": "array", "items": evaluations})
-    _narrow(props["optimizer"], {"type": "string", "enum": sorted(OPTIMIZERS)})
-    _narrow(props["preserve_color"], {"type": "string", "enum": ["luminance", "histogram"]})
     for prop in props.values():
         prop.pop("title", None)
     return schema

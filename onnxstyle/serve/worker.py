@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import Interrupted, OnnxStyleError
+from ..errors import Interrupted, describe
 from ..runtime import inputs
 from ..runtime.image_io import encode_image, from_nchw, resize_to, write_atomic
 from ..runtime.settings import EngineConfig, RunSettings
@@ -107,11 +107,8 @@ def _warm_up(stylizer: Any) -> None:
 
 
 def _describe(e: BaseException) -> str:
-    if isinstance(e, (OnnxStyleError, ValueError)):
-        return str(e)
-    if isinstance(e, MemoryError):
-        return "out of memory; try a smaller size"
-    return f"internal error ({type(e).__name__}: {e})"
+    known = describe(e)
+    return known[0] if known else f"internal error ({type(e).__name__}: {e})"
 
 
 def _control(conn: Connection, job_id: str) -> None:

@@ -15,16 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import OnnxStyleError, OptimizationError
+from ..errors import OnnxStyleError, OptimizationError, describe
 from ..runtime import inputs
 from ..runtime.image_io import DEFAULT_MAX_PIXELS
 from ..runtime.settings import EngineConfig, RunSettings
 
 if TYPE_CHECKING:
     from ..video.temporal import VideoSettings
-
-EXIT_USAGE = 2  # a setting refused for this item (ValueError), as the CLI reports it
-
 
 @dataclass(frozen=True)
 class ModelsSource:
@@ -87,12 +84,9 @@ class Worker:
                 raise OptimizationError(result.error)
             encoded = inputs.result_bytes(result.image, self.spec.ext, x.alpha, self.spec.settings, content=name, **self.spec.meta)
             return Outcome(name, encoded, evaluations=result.evaluations, seconds=result.elapsed)
-        except OnnxStyleError as e:
-            return Outcome(name, None, str(e), e.exit_code)
-        except ValueError as e:
-            return Outcome(name, None, str(e), EXIT_USAGE)
-        except MemoryError:
-            return Outcome(name, None, f"{name}: out of memory; try a smaller --size", 1)
+        except (OnnxStyleError, ValueError, MemoryError) as e:
+            message, code = describe(e) or (str(e), 1)
+            return Outcome(name, None, f"{name}: {message}" if isinstance(e, MemoryError) else message, code)
 
     def chunk(self, frames: np.ndarray, video: VideoSettings) -> tuple[np.ndarray, int]:
         """A run of consecutive video frames (uint8 [N,H,W,3]) stylized in order with temporal
