@@ -254,3 +254,134 @@ def test_a_stall_upgrades_the_objective_once_and_the_run_goes_on() -> None:
     res = lbfgs32(objective, np.full(target.shape, 0.5, np.float32), 120, on_stall=upgrade)
     assert state["calls"] == 1 and state["exact"]
     np.testing.assert_allclose(res.image, target, atol=1e-3)
+
+
+# ---- the shared driver: faults, Ctrl-C and the budget, the same for every optimizer ---------------
+from onnxstyle.runtime.optimize import lbfgs_rounds, torch_lbfgs
+
+
+def _valley(x: np.ndarray):  # type: ignore[no-untyped-def]
+    """A Rosenbrock-like valley with its minimum (0.7, 0.49, ...) inside [0, 1]: not solved in 50."""
+    x = x.astype(np.float64)
+    a, b = x[..., :-1], x[..., 1:]
+    loss = float((100 * (b - a * a) ** 2 + (0.7 - a) ** 2).sum())
+    g = np.zeros_like(x)
+    g[..., :-1] += -400 * a * (b - a * a) - 2 * (0.7 - a)
+    g[..., 1:] += 200 * (b - a * a)
+    return loss, g.astype(np.float32), {}
+
+
+class _Recorder:
+    """An objective that keeps every point it was asked for and its loss, and fails on cue:
+    a NaN gradient at the evaluations in ``nan_at``, Ctrl-C at ``interrupt_at``."""
+
+    def __init__(self, base, nan_at=(), interrupt_at: int | None = None) -> None:  # type: ignore[no-untyped-def]
+        self.base, self.nan_at, self.interrupt_at = base, set(nan_at), interrupt_at
+        self.points: list[np.ndarray] = []
+        self.losses: list[float] = []
+
+    def __call__(self, x: np.ndarray):  # type: ignore[no-untyped-def]
+        n = len(self.points) + 1
+        if n == self.interrupt_at:
+            raise KeyboardInterrupt
+        loss, g, t = self.base(x)
+        self.points.append(np.array(x, np.float32))
+        if n in self.nan_at:
+            g = np.full_like(g, np.nan)
+            self.losses.append(float("nan"))
+        else:
+            self.losses.append(loss)
+        return loss, g, t
+
+    def best(self, upto: int) -> tuple[np.ndarray, float]:
+        """The best point among the first ``upto`` evaluations, faults left out, and its loss."""
+        losses = [v if np.isfinite(v) else np.inf for v in self.losses[:upto]]
+        i = int(np.argmin(losses))
+        return self.points[i], losses[i]
+
+
+# Each optimizer with its budget of ``n`` evaluations.
+_RUNS = {
+    "lbfgs-b": lambda f, x0, n, **k: lbfgs(f, x0, n, **k),
+    "lbfgs32": lambda f, x0, n, **k: lbfgs32(f, x0, n, **k),
+    "adam": lambda f, x0, n, **k: adam(f, x0, n, lr=0.05, **k),
+    "torch-lbfgs": lambda f, x0, n, **k: torch_lbfgs(f, x0, n, **k),
+    "keras-rounds": lambda f, x0, n, **k: lbfgs_rounds(f, x0, rounds=max(1, n // 10), maxfun=min(n, 10), **k),
+}
+_ROLLBACK = ["lbfgs-b", "lbfgs32", "adam", "torch-lbfgs"]  # keras-rounds has none: a fault ends it
+_X0 = np.full((1, 3, 4, 6), 0.2, np.float32)
+
+
+@pytest.mark.parametrize("name", _ROLLBACK)
+def test_a_nan_mid_run_rolls_back_to_the_best_image_and_the_run_goes_on(name: str) -> None:
+    f = _Recorder(_valley, nan_at=(6,))
+    res = _RUNS[name](f, _X0, 40)
+    best_before, loss_before = f.best(5)
+    # The very next evaluation is at the best image before the fault: the rollback.
+    np.testing.assert_array_equal(f.points[6], best_before)
+    assert res.faults == 1 and res.error is None and res.stopped == "budget"
+    # The run went on to spend its whole budget, and made progress after the fault.
+    assert res.evaluations == len(f.points) == 40
+    assert res.loss < loss_before
+    # The result is the best point evaluated, never the faulty one.
+    best, best_loss = f.best(40)
+    assert res.loss == best_loss and np.isfinite(res.image).all()
+    np.testing.assert_array_equal(res.image, np.clip(best, 0, 1))
+    assert len(res.history) == 39 and not any(np.isnan(res.history))
+
+
+def test_a_nan_ends_the_keras_rounds_with_the_best_image() -> None:
+    f = _Recorder(_valley, nan_at=(6,))
+    res = _RUNS["keras-rounds"](f, _X0, 40)
+    best, best_loss = f.best(5)
+    assert res.evaluations == len(f.points) == 6 and res.faults == 1
+    assert res.error is not None and res.error.endswith("stopped") and res.stopped == "error"
+    assert res.loss == best_loss
+    np.testing.assert_array_equal(res.image, np.clip(best, 0, 1))
+
+
+@pytest.mark.parametrize("name", _ROLLBACK)
+def test_faults_up_to_max_faults_are_survived_and_one_more_stops(name: str) -> None:
+    f = _Recorder(_valley, nan_at=(3, 8, 13))
+    res = _RUNS[name](f, _X0, 30, max_faults=3)
+    # The third fault is the last allowed: the run stops right there, keeping the best so far.
+    assert res.faults == 3 and res.evaluations == len(f.points) == 13
+    assert res.error is not None and "3 faults" in res.error and res.stopped == "error"
+    best, best_loss = f.best(13)
+    assert res.loss == best_loss
+    np.testing.assert_array_equal(res.image, np.clip(best, 0, 1))
+
+
+@pytest.mark.parametrize("name", list(_RUNS))
+@pytest.mark.parametrize("at", [1, 9])
+def test_ctrl_c_in_the_objective_leaves_as_interrupted_with_the_best_image(name: str, at: int) -> None:
+    f = _Recorder(_valley, interrupt_at=at)
+    with pytest.raises(Interrupted) as e:
+        _RUNS[name](f, _X0, 40)
+    partial = e.value.partial
+    assert isinstance(e.value.cause, KeyboardInterrupt)
+    assert partial.interrupted and partial.evaluations == len(f.points) == at - 1
+    if at == 1:  # nothing evaluated yet: the starting image
+        assert partial.loss == float("inf")
+        np.testing.assert_array_equal(partial.image, _X0)
+    else:
+        best, best_loss = f.best(at - 1)
+        assert partial.loss == best_loss
+        np.testing.assert_array_equal(partial.image, np.clip(best, 0, 1))
+
+
+@pytest.mark.parametrize("name", list(_RUNS))
+@pytest.mark.parametrize("budget", [1, 2, 5, 17, 50])
+@pytest.mark.parametrize("faults", [False, True])
+def test_the_budget_is_never_exceeded(name: str, budget: int, faults: bool) -> None:
+    if name == "keras-rounds":  # its budget is rounds × maxfun
+        rounds, maxfun = (5, budget // 5) if budget % 5 == 0 else (1, budget)
+        run = lambda f: lbfgs_rounds(f, _X0, rounds=rounds, maxfun=maxfun)
+    else:
+        run = lambda f: _RUNS[name](f, _X0, budget, max_faults=100)
+    f = _Recorder(_valley, nan_at=range(4, 100, 4) if faults else ())
+    res = run(f)
+    assert len(f.points) <= budget and res.evaluations == len(f.points)
+    if not faults or name != "keras-rounds":
+        # The valley is not solved within 50 evaluations: each of them is spent.
+        assert len(f.points) == budget

@@ -15,7 +15,6 @@ import numpy as np
 
 from ..errors import Interrupted, MissingDependencyError
 
-
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray, dict[str, float]]]
 
 
@@ -53,7 +52,7 @@ class Result:
     # Why the run ended: "budget" (the cap), "converged" (the stop rule), "stalled", "error".
     stopped: str = "budget"
     # lbfgs32's memory at the end, for the next coarse-to-fine stage to start from (carry).
-    memory: "LbfgsMemory | None" = field(default=None, repr=False)
+    memory: LbfgsMemory | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -95,14 +94,21 @@ class _Fault(Exception):
 
 
 @dataclass
-class _Tracker:
-    """Counts evaluations, keeps the best image, reports progress, detects faults."""
+class _Driver:
+    """What every optimizer shares: counts evaluations against the budget, keeps the best
+    image, reports progress, detects faults, applies the stop rule, and runs an optimizer's
+    update rule into a :class:`Result` (:meth:`run`). The optimizers keep only their rules.
+
+    ``spike_factor``: also a fault, a loss above both ``spike_factor`` × the best and the
+    starting loss (for the optimizers without a line search); None: no such check.
+    """
 
     objective: Objective
     budget: int
     callback: Callable[[Iterate], None] | None
     shape: tuple[int, ...]
-    spike_factor: float
+    spike_factor: float | None = None
+    spike_detail: bool = True  # the spike's message names the best loss and the evaluation
     t0: float = field(default_factory=time.perf_counter)
     step: int = 0
     best: np.ndarray | None = None
@@ -139,36 +145,53 @@ class _Tracker:
         self.best_trace.append(self.best_loss)
         if self.callback is not None:
             self.callback(Iterate(self.step, loss, terms, time.perf_counter() - self.t0, img, self.best_loss))
+        # A spike: above both factor × best and the starting loss, the run has been undone,
+        # not merely oscillating near a small minimum.
+        if self.spike_factor is not None and loss > max(self.spike_factor * self.best_loss, self.history[0]):
+            self.faults += 1
+            where = f" (best {self.best_loss:.4g}) at evaluation {self.step}" if self.spike_detail else ""
+            raise _Fault(f"loss spiked to {loss:.4g}{where}")
         return loss, grad
 
-    def spiked(self, loss: float) -> bool:
-        # Above both factor × best and the starting loss: the run has been undone, not
-        # merely oscillating near a small minimum.
-        if not self.history or not np.isfinite(self.best_loss):
-            return False
-        return loss > max(self.spike_factor * self.best_loss, self.history[0])
+    def run(
+        self, x0: np.ndarray, update: Callable[[], bool], reset: Callable[[], None] | None = None,
+        max_faults: int = 5, note: str = "",
+    ) -> Result:
+        """Calls ``update`` (one unit of an optimizer's rule, evaluating through this driver)
+        until the budget is spent, the stop rule fires or ``update`` returns False.
 
-    def restart_window(self) -> None:
-        """The objective changed (bf16 → fp32): its losses are not comparable with the old."""
-        self.best_trace = []
+        After a fault ``reset`` takes the optimizer back to the best image with its memory
+        cleared and the run goes on, until ``max_faults`` of them end it; without ``reset``
+        the first fault ends it. Ctrl-C is never swallowed: it leaves as Interrupted
+        carrying the best result so far.
+        """
+        error = None
+        try:
+            while self.step < self.budget:
+                try:
+                    if not update():
+                        break
+                except _Fault as e:
+                    if reset is None or self.faults >= max_faults:
+                        error = f"{e}; stopped" + ("" if reset is None else f" after {self.faults} faults{note}")
+                        break
+                    reset()
+        except _Stop:
+            pass
+        except KeyboardInterrupt as e:
+            # The best result so far, and what interrupted it.
+            raise Interrupted(self.result(x0, interrupted=True), getattr(e, "cause", None) or e) from e
+        return self.result(x0, error=error)
 
-    def interrupted(self, x0: np.ndarray, cause: KeyboardInterrupt) -> Interrupted:
-        """The interrupt to raise: the best result so far, and what interrupted it."""
-        return Interrupted(self.result(x0, interrupted=True), getattr(cause, "cause", None) or cause)
+    def restart(self, x0: np.ndarray) -> np.ndarray:
+        """Where a run goes on after a fault: a float32 copy of the best image, else of x0."""
+        return (self.best if self.best is not None else x0).astype(np.float32)
 
     def result(self, x0: np.ndarray, interrupted: bool = False, error: str | None = None) -> Result:
         image = self.best if self.best is not None else x0.astype(np.float32)
         return Result(
-            np.clip(image, 0.0, 1.0),
-            self.best_loss,
-            self.best_terms,
-            self.step,
-            time.perf_counter() - self.t0,
-            interrupted,
-            self.faults,
-            self.history,
-            error,
-            stopped="error" if error else self.stopped,
+            np.clip(image, 0.0, 1.0), self.best_loss, self.best_terms, self.step, time.perf_counter() - self.t0,
+            interrupted, self.faults, self.history, error, stopped="error" if error else self.stopped,
         )
 
 
@@ -185,12 +208,8 @@ def _scipy_optimize():  # type: ignore[no-untyped-def]
 
 
 def lbfgs(
-    objective: Objective,
-    x0: np.ndarray,
-    evaluations: int,
-    history: int = 20,
-    callback: Callable[[Iterate], None] | None = None,
-    max_faults: int = 5,
+    objective: Objective, x0: np.ndarray, evaluations: int, history: int = 20,
+    callback: Callable[[Iterate], None] | None = None, max_faults: int = 5,
 ) -> Result:
     """scipy's L-BFGS-B with the pixels bounded to [0, 1] (a true constraint, not clamping).
 
@@ -200,49 +219,31 @@ def lbfgs(
     on from the best image, as long as the budget lasts.
     """
     so = _scipy_optimize()
-    track = _Tracker(objective, evaluations, callback, x0.shape, spike_factor=np.inf)
+    track = _Driver(objective, evaluations, callback, x0.shape)
     x = x0.astype(np.float64).ravel()
     bounds = so.Bounds(np.zeros_like(x), np.ones_like(x))
-    error = None
+    options = {"maxcor": history, "maxiter": evaluations, "ftol": 0.0, "gtol": 0.0, "maxls": 20}
     stalled = 0
-    while track.step < evaluations:
-        before = track.step
-        try:
-            so.minimize(
-                track,
-                x,
-                jac=True,
-                method="L-BFGS-B",
-                bounds=bounds,
-                options={
-                    "maxcor": history,
-                    "maxfun": evaluations - track.step + 1,
-                    "maxiter": evaluations,
-                    "ftol": 0.0,
-                    "gtol": 0.0,
-                    "maxls": 20,
-                },
-            )
-        except _Stop:
-            break
-        except _Fault as e:
-            if track.faults >= max_faults:
-                error = f"{e}; stopped after {track.faults} faults"
-                break
-            # Roll back to the best image; a new minimize() call starts with empty memory.
-            if track.best is not None:
-                x = track.best.astype(np.float64).ravel()
-            continue
-        except KeyboardInterrupt as e:
-            raise track.interrupted(x0, e) from e
-        # The line search gave up before the budget was spent: restart from the best image
-        # with a fresh memory, unless restarts no longer make progress (converged).
+
+    def resume() -> None:
+        # From the best image; a new minimize() call starts with empty memory.
+        nonlocal x
         if track.best is not None:
             x = track.best.astype(np.float64).ravel()
+
+    def update() -> bool:
+        nonlocal stalled
+        before = track.step
+        so.minimize(
+            track, x, jac=True, method="L-BFGS-B", bounds=bounds, options={**options, "maxfun": evaluations - track.step + 1}
+        )
+        # The line search gave up before the budget was spent: restart from the best image
+        # with a fresh memory, unless restarts no longer make progress (converged).
+        resume()
         stalled = stalled + 1 if track.step - before <= 2 else 0
-        if stalled >= 3:
-            break
-    return track.result(x0, error=error)
+        return stalled < 3
+
+    return track.run(x0, update, resume, max_faults)
 
 
 class LbfgsMemory:
@@ -250,15 +251,15 @@ class LbfgsMemory:
 
     ``scaled``: ``gamma`` (the initial inverse-Hessian scale, sᵀy/yᵀy) is known, carried
     from a coarser stage, so a first step may take it instead of a guessed pixel move.
+    ``absolute``: torch.optim.LBFGS's rule for keeping a pair, sᵀy > 1e-10, instead of the
+    scale-free sᵀy > 1e-10·yᵀy.
     """
 
-    def __init__(self, size: int, gamma: float = 1.0, scaled: bool = False) -> None:
-        self.size = size
+    def __init__(self, size: int, gamma: float = 1.0, scaled: bool = False, absolute: bool = False) -> None:
         self.s: list[np.ndarray] = []
         self.y: list[np.ndarray] = []
         self.rho: list[float] = []
-        self.gamma = gamma
-        self.scaled = scaled
+        self.size, self.gamma, self.scaled, self.absolute = size, gamma, scaled, absolute
 
     def clear(self) -> None:
         self.s, self.y, self.rho, self.gamma, self.scaled = [], [], [], 1.0, False
@@ -266,19 +267,17 @@ class LbfgsMemory:
     def add(self, s: np.ndarray, y: np.ndarray) -> None:
         sy, yy = float(np.dot(s, y)), float(np.dot(y, y))
         # Keep only pairs of positive curvature (a backtracking step does not guarantee it).
-        if sy <= 1e-10 * yy or yy == 0.0:
+        if sy <= (1e-10 if self.absolute else 1e-10 * yy) or yy == 0.0:
             return
         if len(self.s) == self.size:
             self.s.pop(0), self.y.pop(0), self.rho.pop(0)
-        self.s.append(s)
-        self.y.append(y)
-        self.rho.append(1.0 / sy)
-        self.gamma = sy / yy
-        self.scaled = True
+        self.s.append(s), self.y.append(y), self.rho.append(1.0 / sy)
+        self.gamma, self.scaled = sy / yy, True
 
-    def direction(self, g: np.ndarray, free: np.ndarray) -> np.ndarray:
-        """-H·g on the free variables (two-loop recursion), zero on the active bounds."""
-        q = np.where(free, -g, np.float32(0))
+    def direction(self, g: np.ndarray, free: np.ndarray | None = None) -> np.ndarray:
+        """-H·g by the two-loop recursion, H₀ = γ·I; with ``free``, on the free variables
+        only and zero on the active bounds. Shared by lbfgs32 and torch_lbfgs (no bounds)."""
+        q = -g if free is None else np.where(free, -g, np.float32(0))
         alpha = [0.0] * len(self.s)
         for i in range(len(self.s) - 1, -1, -1):
             alpha[i] = self.rho[i] * float(np.dot(self.s[i], q))
@@ -287,10 +286,11 @@ class LbfgsMemory:
         for i in range(len(self.s)):
             beta = self.rho[i] * float(np.dot(self.y[i], q))
             q += np.float32(alpha[i] - beta) * self.s[i]
-        q[~free] = 0
+        if free is not None:
+            q[~free] = 0
         return q
 
-    def carried(self, size: int, ratio: float, resample: Callable[[np.ndarray], np.ndarray] | None = None) -> "LbfgsMemory":
+    def carried(self, size: int, ratio: float, resample: Callable[[np.ndarray], np.ndarray] | None = None) -> LbfgsMemory:
         """This memory for the next, finer stage of ``ratio`` × the pixels and ``size`` pairs.
 
         The losses are means over pixels, so a pixel's gradient (and the Hessian) shrinks as
@@ -308,44 +308,11 @@ class LbfgsMemory:
         return out
 
 
-_History = LbfgsMemory  # the old private name
-
-
-def _free(x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """Variables not held at a bound by the gradient (pixels are bounded to [0, 1])."""
-    return ~(((x <= 0) & (g > 0)) | ((x >= 1) & (g < 0)))
-
-
-def _projected_search(
-    track: "_Tracker", x: np.ndarray, f: float, g: np.ndarray, d: np.ndarray, t: float, max_tries: int = 10
-) -> tuple[np.ndarray, float, np.ndarray, float] | None:
-    """Backtracking along the projected path P(x + t·d) until the Armijo condition holds;
-    (x, f, g, t) at the accepted point."""
-    slope = float(np.dot(g, d))
-    for _ in range(max_tries):
-        xn = x + np.float32(t) * d
-        np.clip(xn, 0.0, 1.0, out=xn)
-        fn, gn = track(xn)
-        if fn <= f + 1e-4 * float(np.dot(g, xn - x)):
-            return xn, fn, np.asarray(gn, np.float32).ravel(), t
-        # Minimum of the quadratic through f, the slope and fn; kept within [t/10, t/2].
-        denom = 2.0 * (fn - f - t * slope)
-        t_q = -slope * t * t / denom if denom > 0 else 0.5 * t
-        t = min(max(t_q, 0.1 * t), 0.5 * t)
-    return None
-
-
 def lbfgs32(
-    objective: Objective,
-    x0: np.ndarray,
-    evaluations: int,
-    history: int = 10,
-    callback: Callable[[Iterate], None] | None = None,
-    max_faults: int = 5,
-    on_stall: Callable[[], bool] | None = None,
-    patience: int = 30,
-    stop: StopRule | None = None,
-    memory: LbfgsMemory | None = None,
+    objective: Objective, x0: np.ndarray, evaluations: int, history: int = 10,
+    callback: Callable[[Iterate], None] | None = None, max_faults: int = 5,
+    on_stall: Callable[[], bool] | None = None, patience: int = 30,
+    stop: StopRule | None = None, memory: LbfgsMemory | None = None,
 ) -> Result:
     """Projected L-BFGS with the pixels bounded to [0, 1], all state in float32.
 
@@ -366,101 +333,112 @@ def lbfgs32(
     stage's, :meth:`LbfgsMemory.carried`) instead of an empty memory. The memory at the end
     is handed back in ``Result.memory``.
     """
-    track = _Tracker(objective, evaluations, callback, x0.shape, spike_factor=np.inf, stop=stop)
+    track = _Driver(objective, evaluations, callback, x0.shape, stop=stop)
     mem = memory if memory is not None else LbfgsMemory(history)
-    error = None
-    x = np.clip(x0.astype(np.float32).ravel(), 0.0, 1.0)
-    f, g = 0.0, x  # set by the first evaluation
-    evaluate, failures, improved = True, 0, (0, float("inf"))
-    try:
-        while track.step < evaluations:
-            try:
-                if evaluate:
-                    f, g = track(x)
-                    g, evaluate = np.asarray(g, np.float32).ravel(), False
-                if track.best_loss < improved[1]:
-                    improved = (track.step, track.best_loss)
-                stalled = on_stall is not None and track.step - improved[0] >= patience
-                step = None if stalled else _lbfgs_step(track, mem, x, f, g)
-            except _Fault as e:
-                if track.faults >= max_faults:
-                    error = f"{e}; stopped after {track.faults} faults"
-                    break
-                # Back to the best image, with a fresh memory, for the rest of the budget.
-                x = (track.best if track.best is not None else x0).astype(np.float32).ravel().copy()
-                mem.clear()
-                evaluate = True
-                continue
-            if step is None:
-                if on_stall is not None:
-                    upgraded, on_stall = on_stall(), None  # one upgrade, then plain L-BFGS
-                    if upgraded:
-                        # A more exact objective: its losses are not comparable with the old ones.
-                        x = (track.best if track.best is not None else x0).astype(np.float32).ravel().copy()
-                        track.best_loss, failures, evaluate = float("inf"), 0, True
-                        track.restart_window()
-                        mem.clear()
-                        continue
-                    if stalled:
-                        continue
-                failures += 1
-                mem.clear()
-                if failures >= 3:  # three fresh starts without progress: converged
-                    track.stopped = "stalled"
-                    break
-                continue
-            failures = 0
-            xn, fn, gn, t, d = step
-            # The curvature pair takes the intended step t·d, not the clipped one (as torch's
-            # L-BFGS does with clamping): pixels held at a bound would otherwise pair a zero
-            # step with a non-zero gradient change. Measured better (benchmarks/optimizer.md).
-            # In place: d and the old g are not needed again, and two new images here were
-            # two more at the stage's peak.
-            d *= np.float32(t)
-            mem.add(d, np.subtract(gn, g, out=g))
-            x, f, g = xn, fn, gn
-    except _Stop:
-        pass
-    except KeyboardInterrupt as e:
-        raise track.interrupted(x0, e) from e
-    result = track.result(x0, error=error)
+    rule = _ProjectedLbfgs(track, x0, mem, on_stall, patience)
+    result = track.run(x0, rule.update, rule.reset, max_faults)
     result.memory = mem
     return result
 
 
-def _lbfgs_step(
-    track: _Tracker, mem: LbfgsMemory, x: np.ndarray, f: float, g: np.ndarray
-) -> tuple[np.ndarray, float, np.ndarray, float, np.ndarray] | None:
-    """One L-BFGS step: (x, f, g, t, direction) at the accepted point, None if none was found."""
-    free = _free(x, g)
-    d = mem.direction(g, free)
-    if float(np.dot(g, d)) >= 0:  # not a descent direction: start the memory afresh
-        mem.clear()
-        d = np.where(free, -g, np.float32(0))
-    # A fresh memory's first step moves the largest pixel by 10/255; then L-BFGS's own scale
-    # (also a carried one: the direction is already γ-scaled). Capped at the same 10/255
-    # while no pair of this stage exists yet: a carried scale is an estimate from another size.
-    if mem.s:
-        t = 1.0
-    elif mem.scaled:
-        t = min(1.0, 0.04 / max(float(np.abs(d).max()), 1e-12)) if float(np.abs(d).max()) > 0.04 else 1.0
-    else:
-        t = min(1.0, 0.04 / max(float(np.abs(d).max()), 1e-12))
-    found = _projected_search(track, x, f, g, d, t)
-    return None if found is None else (*found, d)
+class _ProjectedLbfgs:
+    """lbfgs32's rule: one projected L-BFGS step per :meth:`update`."""
+
+    def __init__(
+        self, track: _Driver, x0: np.ndarray, mem: LbfgsMemory, on_stall: Callable[[], bool] | None, patience: int
+    ) -> None:
+        self.track, self.x0, self.mem, self.on_stall, self.patience = track, x0, mem, on_stall, patience
+        self.x = np.clip(x0.astype(np.float32).ravel(), 0.0, 1.0)
+        self.f, self.g = 0.0, self.x  # set by the first evaluation
+        self.evaluate, self.failures, self.improved = True, 0, (0, float("inf"))
+
+    def reset(self) -> None:
+        """Back to the best image, with a fresh memory, for the rest of the budget."""
+        self.x = self.track.restart(self.x0).ravel()
+        self.mem.clear()
+        self.evaluate = True
+
+    def update(self) -> bool:
+        track = self.track
+        if self.evaluate:
+            f, g = track(self.x)
+            self.f, self.g, self.evaluate = f, np.asarray(g, np.float32).ravel(), False
+        if track.best_loss < self.improved[1]:
+            self.improved = (track.step, track.best_loss)
+        stalled = self.on_stall is not None and track.step - self.improved[0] >= self.patience
+        if stalled or not self.step():
+            return self.no_step(stalled)
+        self.failures = 0
+        return True
+
+    def step(self) -> bool:
+        """One L-BFGS step, to the point the search accepted; False if it found none."""
+        x, g, mem = self.x, self.g, self.mem
+        free = ~(((x <= 0) & (g > 0)) | ((x >= 1) & (g < 0)))  # not held at a bound by the gradient
+        d = mem.direction(g, free)
+        if float(np.dot(g, d)) >= 0:  # not a descent direction: start the memory afresh
+            mem.clear()
+            d = np.where(free, -g, np.float32(0))
+        # A fresh memory's first step moves the largest pixel by 10/255; then L-BFGS's own scale
+        # (also a carried one: the direction is already γ-scaled). Capped at the same 10/255
+        # while no pair of this stage exists yet: a carried scale is an estimate from another size.
+        d_max = float(np.abs(d).max())
+        found = self.search(d, 1.0 if mem.s or (mem.scaled and d_max <= 0.04) else min(1.0, 0.04 / max(d_max, 1e-12)))
+        if found is None:
+            return False
+        xn, fn, gn, t = found
+        # The curvature pair takes the intended step t·d, not the clipped one (as torch's
+        # L-BFGS does with clamping): pixels held at a bound would otherwise pair a zero
+        # step with a non-zero gradient change. Measured better (benchmarks/optimizer.md).
+        # In place: d and the old g are not needed again, and two new images here were
+        # two more at the stage's peak.
+        d *= np.float32(t)
+        mem.add(d, np.subtract(gn, g, out=g))
+        self.x, self.f, self.g = xn, fn, gn
+        return True
+
+    def search(self, d: np.ndarray, t: float, max_tries: int = 10) -> tuple[np.ndarray, float, np.ndarray, float] | None:
+        """Backtracking along the projected path P(x + t·d) until the Armijo condition holds;
+        (x, f, g, t) at the accepted point."""
+        x, f, g = self.x, self.f, self.g
+        slope = float(np.dot(g, d))
+        for _ in range(max_tries):
+            xn = x + np.float32(t) * d
+            np.clip(xn, 0.0, 1.0, out=xn)
+            fn, gn = self.track(xn)
+            if fn <= f + 1e-4 * float(np.dot(g, xn - x)):
+                return xn, fn, np.asarray(gn, np.float32).ravel(), t
+            # Minimum of the quadratic through f, the slope and fn; kept within [t/10, t/2].
+            denom = 2.0 * (fn - f - t * slope)
+            t_q = -slope * t * t / denom if denom > 0 else 0.5 * t
+            t = min(max(t_q, 0.1 * t), 0.5 * t)
+        return None
+
+    def no_step(self, patience_ran_out: bool) -> bool:
+        """No step found, or no progress for ``patience``: False ends the run."""
+        if self.on_stall is not None:
+            upgraded, self.on_stall = self.on_stall(), None  # one upgrade, then plain L-BFGS
+            if upgraded:
+                # A more exact objective (bf16 → fp32): its losses, and the stop rule's window,
+                # are not comparable with the old ones.
+                self.reset()
+                self.track.best_loss, self.track.best_trace, self.failures = float("inf"), [], 0
+                return True
+            if patience_ran_out:
+                return True
+        self.failures += 1
+        self.mem.clear()
+        if self.failures >= 3:  # three fresh starts without progress: converged
+            self.track.stopped = "stalled"
+            return False
+        return True
 
 
 def adam(
-    objective: Objective,
-    x0: np.ndarray,
-    evaluations: int,
-    lr: float = 0.02,
-    betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
-    callback: Callable[[Iterate], None] | None = None,
-    max_faults: int = 5,
-    spike_factor: float = 10.0,
-    tf_epsilon: bool = False,
+    objective: Objective, x0: np.ndarray, evaluations: int,
+    lr: float = 0.02, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    callback: Callable[[Iterate], None] | None = None, max_faults: int = 5,
+    spike_factor: float = 10.0, tf_epsilon: bool = False,
 ) -> Result:
     """Adam on the [0,1] image, projected back into [0,1] after each step.
 
@@ -470,66 +448,39 @@ def adam(
     ``lr`` is in pixel units: Adam's normalized step moves each channel value by about
     ``lr`` (0.02 ≈ 5 of 255 levels) per step at first.
     """
-    track = _Tracker(objective, evaluations, callback, x0.shape, spike_factor=spike_factor)
+    track = _Driver(objective, evaluations, callback, x0.shape, spike_factor=spike_factor, spike_detail=False)
     x = x0.astype(np.float32).copy()
-    m = np.zeros_like(x)
-    v = np.zeros_like(x)
-    t = 0
-    error = None
-    try:
-        while track.step < evaluations:
-            try:
-                loss, g = track(x)
-            except _Fault as e:
-                if track.faults >= max_faults:
-                    error = f"{e}; stopped after {track.faults} faults"
-                    break
-                x, m, v, t = _rollback(track, x0)
-                continue
-            if track.spiked(loss):
-                track.faults += 1
-                if track.faults >= max_faults:
-                    error = f"loss spiked to {loss:.4g}; stopped after {track.faults} faults"
-                    break
-                x, m, v, t = _rollback(track, x0)
-                continue
-            t += 1
-            g = g.astype(np.float32, copy=False)
-            m = betas[0] * m + (1 - betas[0]) * g
-            v = betas[1] * v + (1 - betas[1]) * g * g
-            if tf_epsilon:
-                lr_t = lr * np.sqrt(1 - betas[1] ** t) / (1 - betas[0] ** t)
-                x = np.clip(x - lr_t * m / (np.sqrt(v) + eps), 0.0, 1.0)
-            else:
-                mhat = m / (1 - betas[0] ** t)
-                vhat = v / (1 - betas[1] ** t)
-                x = np.clip(x - lr * mhat / (np.sqrt(vhat) + eps), 0.0, 1.0)
-    except _Stop:
-        pass
-    except KeyboardInterrupt as e:
-        raise track.interrupted(x0, e) from e
-    return track.result(x0, error=error)
+    m, v, t = np.zeros_like(x), np.zeros_like(x), 0
 
+    def update() -> bool:
+        nonlocal x, m, v, t
+        g = track(x)[1].astype(np.float32, copy=False)
+        t += 1
+        m = betas[0] * m + (1 - betas[0]) * g
+        v = betas[1] * v + (1 - betas[1]) * g * g
+        if tf_epsilon:
+            lr_t = lr * np.sqrt(1 - betas[1] ** t) / (1 - betas[0] ** t)
+            x = np.clip(x - lr_t * m / (np.sqrt(v) + eps), 0.0, 1.0)
+        else:
+            mhat = m / (1 - betas[0] ** t)
+            vhat = v / (1 - betas[1] ** t)
+            x = np.clip(x - lr * mhat / (np.sqrt(vhat) + eps), 0.0, 1.0)
+        return True
 
-def _rollback(track: _Tracker, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Back to the last good image with the optimizer's memory cleared."""
-    x = (track.best if track.best is not None else x0).astype(np.float32).copy()
-    return x, np.zeros_like(x), np.zeros_like(x), 0
+    def reset() -> None:
+        # Back to the last good image with the optimizer's memory cleared.
+        nonlocal x, m, v, t
+        x = track.restart(x0)
+        m, v, t = np.zeros_like(x), np.zeros_like(x), 0
+
+    return track.run(x0, update, reset, max_faults)
 
 
 def torch_lbfgs(
-    objective: Objective,
-    x0: np.ndarray,
-    evaluations: int,
-    history: int = 100,
-    lr: float = 1.0,
-    max_iter: int = 20,
-    clamp: bool = True,
+    objective: Objective, x0: np.ndarray, evaluations: int,
+    history: int = 100, lr: float = 1.0, max_iter: int = 20, clamp: bool = True,
     callback: Callable[[Iterate], None] | None = None,
-    tolerance_grad: float = 1e-7,
-    tolerance_change: float = 1e-9,
-    max_faults: int = 5,
-    spike_factor: float = 10.0,
+    tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, max_faults: int = 5, spike_factor: float = 10.0,
 ) -> Result:
     """torch.optim.LBFGS (no line search) re-written in numpy, driven as the PyTorch tutorial does.
 
@@ -543,105 +494,59 @@ def torch_lbfgs(
     loss above both ``spike_factor`` × the best and the starting loss, or a NaN, rolls
     back to the best image with the memory cleared; ``max_faults`` of them end the run.
     """
-    track = _Tracker(objective, evaluations, callback, x0.shape, spike_factor=spike_factor)
+    track = _Driver(objective, evaluations, callback, x0.shape, spike_factor=spike_factor)
     x = x0.astype(np.float32).ravel().copy()
-    st: dict = {"n_iter": 0, "d": None, "t": None, "old_dirs": [], "old_stps": [], "ro": [], "H_diag": 1.0, "prev_g": None, "prev_loss": None}
+    mem = LbfgsMemory(history, absolute=True)  # torch's old_stps, old_dirs, ro and H_diag
+    # The rest of torch's state: its n_iter, d, t, prev_flat_grad and prev_loss.
+    n_iter, d, t, prev_g, prev_loss = 0, x, lr, x, 0.0
 
     def closure() -> tuple[float, np.ndarray]:
         if clamp:
             np.clip(x, 0.0, 1.0, out=x)
         loss, g = track(x)
-        if track.spiked(loss):
-            track.faults += 1
-            raise _Fault(f"loss spiked to {loss:.4g} (best {track.best_loss:.4g}) at evaluation {track.step}")
         return float(loss), np.asarray(g, np.float32).ravel()
 
-    def step() -> None:
+    def update() -> bool:
+        """One ``optimizer.step(closure)``."""
+        nonlocal n_iter, d, t, prev_g, prev_loss
         loss, g = closure()
         if np.abs(g).max() <= tolerance_grad:
-            raise _Stop
-        d, t = st["d"], st["t"]
-        old_dirs, old_stps, ro = st["old_dirs"], st["old_stps"], st["ro"]
-        h_diag = st["H_diag"]
-        prev_g, prev_loss = st["prev_g"], st["prev_loss"]
-        n_iter = 0
+            return False
         evals = 1
-        while n_iter < max_iter:
+        for i in range(1, max_iter + 1):
             n_iter += 1
-            st["n_iter"] += 1
-            if st["n_iter"] == 1:
+            if n_iter == 1:
                 d = -g
-                old_dirs, old_stps, ro = [], [], []
-                h_diag = 1.0
+                mem.clear()
             else:
-                y = g - prev_g
-                s = d * t
-                ys = float(y @ s)
-                if ys > 1e-10:
-                    if len(old_dirs) == history:
-                        old_dirs.pop(0), old_stps.pop(0), ro.pop(0)
-                    old_dirs.append(y)
-                    old_stps.append(s)
-                    ro.append(1.0 / ys)
-                    h_diag = ys / float(y @ y)
-                al = [0.0] * len(old_dirs)
-                q = -g
-                for i in range(len(old_dirs) - 1, -1, -1):
-                    al[i] = float(old_stps[i] @ q) * ro[i]
-                    q = q - al[i] * old_dirs[i]
-                r = q * np.float32(h_diag)
-                for i in range(len(old_dirs)):
-                    be_i = float(old_dirs[i] @ r) * ro[i]
-                    r = r + (al[i] - be_i) * old_stps[i]
-                d = r.astype(np.float32)
-            prev_g = g.copy()
-            prev_loss = loss
-            t = min(1.0, 1.0 / float(np.abs(g).sum())) * lr if st["n_iter"] == 1 else lr
-            gtd = float(g @ d)
-            if gtd > -tolerance_change:
+                mem.add(d * t, g - prev_g)
+                d = mem.direction(g)
+            prev_g, prev_loss = g.copy(), loss
+            t = min(1.0, 1.0 / float(np.abs(g).sum())) * lr if n_iter == 1 else lr
+            if float(g @ d) > -tolerance_change:
                 break
             x[:] += np.float32(t) * d
-            st.update(d=d, t=t, old_dirs=old_dirs, old_stps=old_stps, ro=ro, H_diag=h_diag, prev_g=prev_g, prev_loss=prev_loss)
-            if n_iter != max_iter:
+            if i != max_iter:
                 loss, g = closure()
                 evals += 1
-            if n_iter == max_iter or evals >= int(max_iter * 1.25):
-                break
-            if np.abs(g).max() <= tolerance_grad:
+            if i == max_iter or evals >= int(max_iter * 1.25) or np.abs(g).max() <= tolerance_grad:
                 break
             if np.abs(d * t).max() <= tolerance_change or abs(loss - prev_loss) < tolerance_change:
                 break
-        st.update(d=d, t=t, old_dirs=old_dirs, old_stps=old_stps, ro=ro, H_diag=h_diag, prev_g=prev_g, prev_loss=prev_loss)
+        return True
 
-    error = None
-    while track.step < evaluations:
-        before = track.step
-        try:
-            step()
-        except _Stop:
-            break
-        except _Fault as e:
-            if track.faults >= max_faults:
-                error = f"{e}; stopped after {track.faults} faults (torch-style L-BFGS has no line search)"
-                break
-            x[:] = (track.best if track.best is not None else x0).ravel()
-            st.update(n_iter=0, d=None, t=None, old_dirs=[], old_stps=[], ro=[], H_diag=1.0, prev_g=None, prev_loss=None)
-            continue
-        except KeyboardInterrupt as e:
-            raise track.interrupted(x0, e) from e
-        if track.step == before:
-            break
-    return track.result(x0, error=error)
+    def reset() -> None:
+        # Back to the best image; n_iter 0 makes the next iteration clear the memory.
+        nonlocal n_iter
+        x[:] = track.restart(x0).ravel()
+        n_iter = 0
+
+    return track.run(x0, update, reset, max_faults, note=" (torch-style L-BFGS has no line search)")
 
 
 def lbfgs_rounds(
-    objective: Objective,
-    x0: np.ndarray,
-    rounds: int,
-    maxfun: int,
-    history: int = 10,
-    pixel_scale: float = 255.0,
-    callback: Callable[[Iterate], None] | None = None,
+    objective: Objective, x0: np.ndarray, rounds: int, maxfun: int, history: int = 10,
+    pixel_scale: float = 255.0, callback: Callable[[Iterate], None] | None = None,
 ) -> Result:
     """The Keras example: ``fmin_l_bfgs_b(maxfun=20)`` restarted ``rounds`` times, unbounded.
 
@@ -651,23 +556,19 @@ def lbfgs_rounds(
     the notebook; pixels are clipped only when the result is saved.
     """
     minimize = _scipy_optimize().minimize
-    track = _Tracker(objective, rounds * maxfun, callback, x0.shape, spike_factor=np.inf)
+    track = _Driver(objective, rounds * maxfun, callback, x0.shape)
+    z = x0.astype(np.float64).ravel() * pixel_scale
+    done = 0
 
     def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
         loss, g = track(z / pixel_scale)
         return loss, np.asarray(g, np.float64).ravel() / pixel_scale
 
-    z = x0.astype(np.float64).ravel() * pixel_scale
-    error = None
-    for _ in range(rounds):
-        try:
-            res = minimize(fun, z, jac=True, method="L-BFGS-B", options={"maxfun": maxfun, "maxcor": history})
-            z = res.x
-        except _Stop:
-            break
-        except _Fault as e:
-            error = f"{e}; stopped"
-            break
-        except KeyboardInterrupt as e:
-            raise track.interrupted(x0, e) from e
-    return track.result(x0, error=error)
+    def update() -> bool:
+        nonlocal z, done
+        z = minimize(fun, z, jac=True, method="L-BFGS-B", options={"maxfun": maxfun, "maxcor": history}).x
+        done += 1
+        return done < rounds
+
+    # No reset: as in the notebook, a fault ends the run (with the best image so far).
+    return track.run(x0, update)
