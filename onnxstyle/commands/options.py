@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import EXIT_USAGE, EngineError, Interrupted, OnnxStyleError, OptimizationError, Terminated, describe
+from ..errors import EXIT_USAGE as EXIT_USAGE, EngineError, Interrupted, OnnxStyleError, OptimizationError, Terminated, describe
 from ..runtime.image_io import DEFAULT_MAX_PIXELS
 from ..runtime.settings import DEVICES, PRECISIONS, EngineConfig, RunSettings, build_run_settings, knobs, preset_names, scalar_type
 
@@ -242,12 +242,3 @@ def command(run: Sequence[str] = (), common: bool = True, **overrides: tuple[str
         return handle_errors(wrapper)
 
     return wrap
-
-
-@contextmanager
-def usage(flag: str) -> Iterator[None]:
-    """A ValueError inside becomes a usage error naming ``flag``."""
-    try:
-        yield
-    except ValueError as e:
-        raise fail(f"{flag}: {e}", EXIT_USAGE) from None
