@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..spec import LossSpec
+from ..spec import LossSpec, Pooling
 from .options import PresetOpt, choice, err, handle_errors, out
 
 SPEC = LossSpec()
@@ -27,7 +27,7 @@ def export(
             show_default="caffe; torchvision for the torch-* presets when its file is present",
         ),
     ] = None,
-    pooling: Annotated[choice(("max", "avg")), typer.Option(help="max or avg pooling")] = SPEC.pooling,
+    pooling: Annotated[Pooling, typer.Option(help="max or avg pooling")] = SPEC.pooling,
     preset: PresetOpt = None,
     content_layers: Annotated[Optional[str], typer.Option(help="comma-separated, e.g. relu4_2")] = None,
     style_layers: Annotated[Optional[str], typer.Option(help="comma-separated, e.g. relu1_1,relu2_1")] = None,

@@ -24,6 +24,7 @@ from rich.markup import escape
 
 from ..errors import EXIT_USAGE as EXIT_USAGE, EngineError, Interrupted, OnnxStyleError, OptimizationError, Terminated, describe
 from ..runtime.image_io import DEFAULT_MAX_PIXELS
+from ..spec import Pooling
 from ..runtime.settings import DEVICES, PRECISIONS, EngineConfig, RunSettings, build_run_settings, knobs, preset_names, scalar_type
 
 out = Console(highlight=False, soft_wrap=True, markup=False)
@@ -105,7 +106,7 @@ def choice(values: Sequence[str]) -> Any:
 ModelsOpt = Annotated[Optional[Path], typer.Option(file_okay=False, help="exported models folder (default: the per-user cache)")]
 PresetOpt = Annotated[Optional[choice(preset_names())], typer.Option(help="loss definition", show_default="gatys, or what --models holds")
 ]
-PoolingOpt = Annotated[Optional[choice(("max", "avg"))], typer.Option(show_default="max, or what --models holds")]
+PoolingOpt = Annotated[Optional[Pooling], typer.Option(show_default="max, or what --models holds")]
 WeightsOpt = Annotated[Optional[str], typer.Option(help="caffe, torchvision or a weights file", show_default="caffe, or what --models holds")]
 DeviceOpt = Annotated[choice(DEVICES), typer.Option(help="auto: TensorRT → CUDA → OpenVINO → onnxruntime CPU; openvino: OpenVINO's CPU plugin")
 ]
