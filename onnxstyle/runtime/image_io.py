@@ -1,7 +1,7 @@
 """Image files: decoding robustly, resizing, and writing atomically (PNG with settings).
 
 Everything else in the runtime works on float32 RGB arrays in [0, 1]; this module is
-the only one that touches image files, and :func:`resize` is the one resizer. Pillow
+the only one that touches image files, and :func:`resize_to` is the one resizer. Pillow
 does all of it (opencv, 150 MB, is only in the video extra, for optical flow).
 """
 
@@ -463,7 +463,7 @@ def decode_image(
             # comes from the header, not from a reduced decode (341x1024 decoded at 1/2 is
             # 171x512, which fits 256 px as 86x256, where the photo itself gives 85x256): every
             # front end then agrees on the output's exact size.
-            raw = resize(raw, *fit_longest(*_full_size(header, raw.shape[:2]), max_side))
+            raw = resize_to(raw, *fit_longest(*_full_size(header, raw.shape[:2]), max_side), clip=False)
         alpha = _to_float(raw[:, :, 3]) if raw.shape[2] == 4 else None
         rgb = _to_float(raw[:, :, :3])
     return np.ascontiguousarray(rgb), alpha
@@ -516,27 +516,23 @@ def _resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(im.resize((width, height), fx if w != width else fy))
 
 
-def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_to(img: np.ndarray, height: int, width: int, *, clip: bool = True) -> np.ndarray:
     """The one resizer: HxW or HxWxC, uint8, uint16 or float32, to ``height`` x ``width``.
 
     Each channel is resampled on its own (alpha is not premultiplied, the colour under a
     transparent pixel is kept), in its own precision: Pillow's L, I;16 and F modes. Bicubic
-    can overshoot; integer results are clamped by Pillow, float ones are left to the caller.
+    can overshoot: integer results are clamped by Pillow, float ones clipped back into
+    [0, 1] (``clip=False`` leaves them, for signed values or floats on another scale).
     """
     if img.shape[0] == height and img.shape[1] == width:
         return img
     if img.dtype not in (np.uint8, np.uint16, np.float32):
         img = img.astype(np.float32)
     if img.ndim == 2:
-        return _resize_plane(img, height, width)
-    return np.stack([_resize_plane(img[:, :, c], height, width) for c in range(img.shape[2])], axis=2)
-
-
-def resize_to(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A float image in [0, 1] resized (see :func:`resize`) and clipped back into [0, 1]."""
-    if img.shape[0] == height and img.shape[1] == width:
-        return img
-    return np.clip(resize(img, height, width), 0.0, 1.0)
+        out = _resize_plane(img, height, width)
+    else:
+        out = np.stack([_resize_plane(img[:, :, c], height, width) for c in range(img.shape[2])], axis=2)
+    return np.clip(out, 0.0, 1.0) if clip and out.dtype == np.float32 else out
 
 
 def fit_longest(height: int, width: int, side: int) -> tuple[int, int]:
@@ -552,8 +548,8 @@ def fit_size(height: int, width: int, size: int, fit: str = "longest") -> tuple[
 
 
 def resize_longest(img: np.ndarray, side: int) -> np.ndarray:
-    h, w = fit_longest(img.shape[0], img.shape[1], side)
-    return resize_to(img, h, w)
+    """resize_to at ``side`` px on the longest side (a shorthand the tests and benchmarks use)."""
+    return resize_to(img, *fit_longest(*img.shape[:2], side))
 
 
 def to_nchw(rgb: np.ndarray) -> np.ndarray:
