@@ -12,7 +12,6 @@ import functools
 import io
 import logging
 import os
-import struct
 import tempfile
 import threading
 import warnings
@@ -583,19 +582,12 @@ def check_output_path(path: str | Path, inputs: list[Path] | tuple[Path, ...] = 
 
 
 def read_png_text(path: str | Path) -> dict[str, str]:
-    data = Path(path).read_bytes()
-    out: dict[str, str] = {}
-    i = 8
-    while i + 8 <= len(data):
-        n = struct.unpack(">I", data[i : i + 4])[0]
-        kind = data[i + 4 : i + 8]
-        if kind == b"tEXt":
-            key, _, val = data[i + 8 : i + 8 + n].partition(b"\x00")
-            out[key.decode("latin-1")] = val.decode("latin-1")
-        if kind == b"IEND":
-            break
-        i += 12 + n
-    return out
+    """A PNG's text chunks before its pixels (where encode_image writes them): Pillow reads
+    them at open, up to the first IDAT, and decodes nothing (``.text`` would decode the
+    whole image to find chunks after IDAT too). ``info`` also holds non-text entries (dpi,
+    gamma, ICC bytes); the text ones are its strings."""
+    with Image.open(path, formats=["PNG"]) as im:
+        return {k: v for k, v in im.info.items() if isinstance(v, str)}
 
 
 def _png_info(text: dict[str, str]) -> PngImagePlugin.PngInfo:
