@@ -19,12 +19,14 @@ SERVER_RESERVE_BYTES = 150 * MB
 
 
 def default_data_dir() -> Path:
-    """$ONNXSTYLE_DATA, else $XDG_DATA_HOME/onnxstyle/serve, else ~/.local/share/onnxstyle/serve."""
+    """$ONNXSTYLE_DATA, else the platform's user data folder (platformdirs: on Linux
+    $XDG_DATA_HOME/onnxstyle/serve, else ~/.local/share/onnxstyle/serve)."""
     env = os.environ.get(DATA_ENV)
     if env:
         return Path(env)
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "onnxstyle" / "serve"
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("onnxstyle", appauthor=False)) / "serve"
 
 
 @dataclass(frozen=True)
