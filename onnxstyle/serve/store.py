@@ -20,16 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from filelock import FileLock, Timeout
 
 from ..errors import OnnxStyleError
 from ..runtime.image_io import write_atomic
-
-if TYPE_CHECKING:
-    from ..runtime.settings import RunSettings
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 ACTIVE = (QUEUED, RUNNING)
@@ -279,20 +276,3 @@ def _row(r: JobRecord) -> tuple[Any, ...]:
 def _record(row: tuple[Any, ...]) -> JobRecord:
     values = {c: (json.loads(v) if c in _JSON_COLUMNS else v) for c, v in zip(_COLUMNS, row)}
     return JobRecord(**values)
-
-
-_TUPLE_FIELDS = ("style_blend", "scales", "scale_iterations", "adam_betas")
-
-
-def settings_record(settings: RunSettings) -> dict[str, Any]:
-    """RunSettings as JSON-able data (what the table stores and the API shows)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()}
-
-
-def settings_from_record(record: dict[str, Any]) -> RunSettings:
-    """The RunSettings a record describes (JSON turned its tuples into lists)."""
-    from ..runtime.settings import RunSettings
-
-    known = {f.name for f in dataclasses.fields(RunSettings)}  # a record from an older version may differ
-    values: dict[str, Any] = {k: (tuple(v) if k in _TUPLE_FIELDS and v is not None else v) for k, v in record.items() if k in known}
-    return RunSettings(**values)
