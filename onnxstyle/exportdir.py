@@ -70,14 +70,9 @@ def export_command(settings: ExportSettings | None = None, out: Path | str | Non
     which is where :func:`default_export_dir` looks, through the same key)."""
     cmd = "onnxstyle export"
     if settings is not None:
-        if settings.preset != "gatys":
-            cmd += f" --preset {settings.preset}"
-        if settings.weights != "caffe":
-            cmd += f" --weights {settings.weights}"
-        if settings.spec.pooling != "max":
-            cmd += f" --pooling {settings.spec.pooling}"
-        if settings.weights_dtype != "fp32":
-            cmd += f" --weights-dtype {settings.weights_dtype}"
+        given = {"preset": (settings.preset, "gatys"), "weights": (settings.weights, "caffe"),
+                 "pooling": (settings.spec.pooling, "max"), "weights-dtype": (settings.weights_dtype, "fp32")}
+        cmd += "".join(f" --{flag} {value}" for flag, (value, default) in given.items() if value != default)
     if out is not None:
         cmd += f" --out {out}"
     return cmd
@@ -98,10 +93,6 @@ class Manifest:
         # Version 1 knew no guides: its graphs are the plain form.
         d.setdefault("guided", False)
         return LossSpec.from_dict(d)
-
-    @property
-    def guided(self) -> bool:
-        return self.spec.guided
 
     @property
     def weight_defaults(self) -> dict[str, float]:

@@ -79,9 +79,7 @@ class LossSpec:
                 raise ValueError(f"unknown VGG19 layer {name!r}; expected one of conv1_1 … pool5")
         if not self.content_layers and not self.style_layers:
             raise ValueError("at least one content or style layer is needed")
-        if len(set(self.content_layers)) != len(self.content_layers) or len(set(self.style_layers)) != len(
-            self.style_layers
-        ):
+        if any(len(set(layers)) != len(layers) for layers in (self.content_layers, self.style_layers)):
             raise ValueError("a layer is listed twice")
         if self.pooling not in ("max", "avg"):
             raise ValueError(f"pooling must be 'max' or 'avg', not {self.pooling!r}")
@@ -108,20 +106,15 @@ class LossSpec:
         at 15 and run at 16 and 17, tests/test_min_size.py)."""
         return layer_stride(self.deepest)
 
-    def layer_weights(self) -> dict[str, dict[str, float]]:
-        c = self.content_layer_weights or tuple(1.0 for _ in self.content_layers)
-        n = max(len(self.style_layers), 1)
-        s = self.style_layer_weights or tuple(1.0 / n for _ in self.style_layers)
-        return {"content": dict(zip(self.content_layers, c)), "style": dict(zip(self.style_layers, s))}
-
     def weight_defaults(self) -> dict[str, float]:
         """Every weight input of loss_grad (named as in the graph) with its default value."""
-        lw = self.layer_weights()
+        c = self.content_layer_weights or (1.0,) * len(self.content_layers)
+        s = self.style_layer_weights or (1.0 / max(len(self.style_layers), 1),) * len(self.style_layers)
         w = {"content_weight": self.content_weight, "style_weight": self.style_weight, "tv_weight": self.tv_weight}
         if self.temporal:
             w["temporal_weight"] = self.temporal_weight
-        w.update({f"content_weight_{n}": float(v) for n, v in lw["content"].items()})
-        w.update({f"style_weight_{n}": float(v) for n, v in lw["style"].items()})
+        w.update({f"content_weight_{n}": float(v) for n, v in zip(self.content_layers, c)})
+        w.update({f"style_weight_{n}": float(v) for n, v in zip(self.style_layers, s)})
         return w
 
     def to_dict(self) -> dict[str, Any]:
@@ -144,12 +137,9 @@ _TORCH_TUTORIAL = LossSpec(
     style_layers=("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1"),
     gram_norm="chw",
     relative=False,
-    content_weight=1.0,
     style_weight=1e6,
-    tv_weight=0.0,
     style_layer_weights=(1.0, 1.0, 1.0, 1.0, 1.0),
 )
-_BLOCK_FIRSTS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 PRESETS: dict[str, LossSpec] = {
     "gatys": LossSpec(),
@@ -162,8 +152,6 @@ PRESETS: dict[str, LossSpec] = {
     # 1e4·mean content error + (1e-2/5)·Σ mean style errors + 30·Σ|neighbour differences|.
     "tf-tutorial": LossSpec(
         content_layers=("relu5_2",),
-        style_layers=_BLOCK_FIRSTS,
-        gram_norm="hw",
         relative=False,
         content_weight=1e4,
         style_weight=1e-2,
@@ -174,7 +162,6 @@ PRESETS: dict[str, LossSpec] = {
     # unnormalized Gram, + 1e-4·Σ((a+b)^1.25) on the 0-255 image.
     "keras-example": LossSpec(
         content_layers=("relu5_2",),
-        style_layers=_BLOCK_FIRSTS,
         gram_norm="none",
         relative=False,
         content_reduction="sum",
@@ -191,7 +178,7 @@ PRESET_ALIASES: dict[str, str] = {"tutorial": "torch-tutorial"}
 
 
 def preset_spec(name: str) -> LossSpec:
-    name = PRESET_ALIASES.get(name, name)
+    name = canonical_preset(name)
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]

@@ -47,10 +47,8 @@ class _Builder:
         self.count += 1
         return f"{hint}__{self.count}"
 
-    def op(self, op_type: str, inputs: list[str], hint: str | None = None, outputs: int = 1, **attrs: Any) -> Any:
-        outs = [self.fresh(hint or op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, outs, name=outs[0], **attrs))
-        return outs[0] if outputs == 1 else outs
+    def op(self, op_type: str, inputs: list[str], hint: str | None = None, **attrs: Any) -> str:
+        return self.named(op_type, inputs, self.fresh(hint or op_type.lower()), **attrs)
 
     def named(self, op_type: str, inputs: list[str], output: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op_type, inputs, [output], name=output, **attrs))
@@ -74,6 +72,19 @@ class _Builder:
         """Dimension ``axis`` of x as an int64 scalar-like [1] tensor."""
         shape = self.op("Shape", [x])
         return self.op("Gather", [shape, self.const([axis], np.int64)], axis=0)
+
+    def sumsq(self, d: str) -> str:
+        """Σ d² as a scalar."""
+        return self.op("ReduceSum", [self.op("Mul", [d, d])], keepdims=0)
+
+    def twice(self, x: str, scale: str) -> str:
+        """x · 2·scale: the derivative of scale·Σx²."""
+        return self.op("Mul", [x, self.op("Mul", [scale, self.const(2.0)])])
+
+    def relative(self, scale: str, target: str, **reduce: Any) -> str:
+        """scale / (mean(target²) + ε): the relative error's factor."""
+        energy = self.op("ReduceMean", [self.op("Mul", [target, target])], **reduce)
+        return self.op("Div", [scale, self.op("Add", [energy, self.const(EPS)])])
 
 
 @dataclass
@@ -133,10 +144,17 @@ def _value_info(name: str, shape: list[Any]) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
 
 
-def _io_shapes(spec: LossSpec) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
-    content = {f"content_{n}": [1, LAYER_CHANNELS[n], *_dims(n)] for n in spec.content_layers}
-    style = {f"gram_{n}": [LAYER_CHANNELS[n], LAYER_CHANNELS[n]] for n in spec.style_layers}
-    return content, style
+RGB = [1, 3, "H", "W"]
+MASKS = ["R", 1, "H", "W"]
+
+
+def _content_infos(spec: LossSpec) -> list[onnx.ValueInfoProto]:
+    return [_value_info(f"content_{n}", [1, LAYER_CHANNELS[n], *_dims(n)]) for n in spec.content_layers]
+
+
+def _gram_infos(spec: LossSpec, prefix: str = "gram", regions: bool = True) -> list[onnx.ValueInfoProto]:
+    """[R,C,C] per style layer ([C,C] without ``regions``)."""
+    return [_value_info(f"{prefix}_{n}", ["R"] * regions + [LAYER_CHANNELS[n]] * 2) for n in spec.style_layers]
 
 
 def build_features(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
@@ -148,13 +166,12 @@ def build_features(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     """
     b = _Builder()
     taps = _forward(b, spec, weights, IMAGE)
-    content, style = _io_shapes(spec)
     for n in spec.content_layers:
         b.named("Identity", [taps[n]], f"content_{n}")
-    outputs = [_value_info(k, v) for k, v in content.items()]
-    inputs = [_value_info(IMAGE, [1, 3, "H", "W"])]
+    outputs = _content_infos(spec)
+    inputs = [_value_info(IMAGE, RGB)]
     if spec.guided:
-        inputs.append(_value_info(GUIDE, ["R", 1, "H", "W"]))
+        inputs.append(_value_info(GUIDE, MASKS))
         guides = _guides(b, spec)
         for n in spec.style_layers:
             c = LAYER_CHANNELS[n]
@@ -167,9 +184,8 @@ def build_features(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
         for n in spec.style_layers:
             g, _, _ = _gram(b, spec, taps[n], n)
             b.named("Identity", [g], f"gram_{n}")
-        outputs += [_value_info(k, v) for k, v in style.items()]
-    graph = helper.make_graph(b.nodes, "onnxstyle_features", inputs, outputs, b.inits)
-    return _model(graph)
+        outputs += _gram_infos(spec, regions=False)
+    return _model(b, "onnxstyle_features", inputs, outputs)
 
 
 def _maxpool_masks(b: _Builder, x: str, y: str, c: int) -> tuple[list[str], str]:
@@ -205,12 +221,10 @@ def _maxpool_backward(b: _Builder, masks: tuple[list[str], str], gy: str) -> str
 
 
 def _avgpool_backward(b: _Builder, x: str, gy: str) -> str:
+    """gy/4 over each 2×2 window, padded back to x's shape where floor mode dropped a row/column."""
     up = b.op("Resize", [gy, "", b.const([1.0, 1.0, 2.0, 2.0])], mode="nearest")
-    return _pad_to(b, b.op("Mul", [up, b.const(0.25)]), x)
-
-
-def _pad_to(b: _Builder, g: str, like: str) -> str:
-    diff = b.op("Sub", [b.op("Shape", [like]), b.op("Shape", [g])])
+    g = b.op("Mul", [up, b.const(0.25)])
+    diff = b.op("Sub", [b.op("Shape", [x]), b.op("Shape", [g])])
     pads = b.op("Concat", [b.const([0, 0, 0, 0], np.int64), diff], axis=0)
     return b.op("Pad", [g, pads], mode="constant")
 
@@ -221,11 +235,7 @@ TapGrads = dict[str, list[Callable[[], str]]]
 def _weight_inputs(b: _Builder, spec: LossSpec) -> list[onnx.ValueInfoProto]:
     """Every loss weight as an initializer that is also a graph input: fed when given,
     its default otherwise, so a weight changes without a re-export."""
-    out = []
-    for k, v in spec.weight_defaults().items():
-        b.init(k, np.array(v, np.float32))
-        out.append(_value_info(k, []))
-    return out
+    return [_value_info(b.init(k, np.array(v, np.float32)), []) for k, v in spec.weight_defaults().items()]
 
 
 def _content_terms(b: _Builder, spec: LossSpec, taps: dict[str, str], terms: dict[str, str], tap_grads: TapGrads) -> None:
@@ -237,10 +247,9 @@ def _content_terms(b: _Builder, spec: LossSpec, taps: dict[str, str], terms: dic
         if spec.content_reduction == "mean":
             scale = b.op("Div", [scale, b.scalar_f(b.op("Size", [f]))])
         if spec.relative:
-            energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [p, p])], keepdims=0), b.const(EPS)])
-            scale = b.op("Div", [scale, energy])
-        terms[f"loss_content_{n}"] = b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [d, d])], keepdims=0), scale])
-        tap_grads.setdefault(n, []).append(lambda d=d, scale=scale: b.op("Mul", [d, b.op("Mul", [scale, b.const(2.0)])]))
+            scale = b.relative(scale, p, keepdims=0)
+        terms[f"loss_content_{n}"] = b.op("Mul", [b.sumsq(d), scale])
+        tap_grads.setdefault(n, []).append(lambda d=d, scale=scale: b.twice(d, scale))
 
 
 def _plain_style_terms(b: _Builder, spec: LossSpec, taps: dict[str, str], terms: dict[str, str], tap_grads: TapGrads) -> None:
@@ -252,13 +261,12 @@ def _plain_style_terms(b: _Builder, spec: LossSpec, taps: dict[str, str], terms:
         e = b.op("Sub", [g, a], f"{n}_sdiff")
         scale = _style_scale(b, spec, n)
         if spec.relative:
-            energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [a, a])], keepdims=0), b.const(EPS)])
-            scale = b.op("Div", [scale, energy])
-        terms[f"loss_style_{n}"] = b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [e, e])], keepdims=0), scale])
+            scale = b.relative(scale, a, keepdims=0)
+        terms[f"loss_style_{n}"] = b.op("Mul", [b.sumsq(e), scale])
 
         def grad(e: str = e, scale: str = scale, m: str = m, inv: str = inv, f: str = f, n: str = n) -> str:
             # dL/dG = 2·scale·E; G = M Mᵀ·inv  ⇒  dL/dM = (dG + dGᵀ) M · inv.
-            dg = b.op("Mul", [e, b.op("Mul", [scale, b.const(2.0)])])
+            dg = b.twice(e, scale)
             sym = b.op("Add", [dg, b.op("Transpose", [dg], perm=[1, 0])])
             dm = b.op("Mul", [b.op("MatMul", [sym, m]), inv])
             return b.op("Reshape", [dm, b.op("Shape", [f])], f"{n}_gflat")
@@ -307,7 +315,6 @@ def _flipped(b: _Builder, w: str, out: str) -> str:
 def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     """(image, targets, weights) → loss, grad = ∂loss/∂image, and each weighted term."""
     b = _Builder()
-    content, style = _io_shapes(spec)
     weight_inputs = _weight_inputs(b, spec)
     masks: dict[str, Any] = {}
     taps = _forward(b, spec, weights, IMAGE, masks)
@@ -336,18 +343,12 @@ def build_loss_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
         total = t if total is None else b.op("Add", [total, t])
     b.named("Identity", [total], "loss")
 
-    inputs = [_value_info(IMAGE, [1, 3, "H", "W"])]
-    if spec.guided:
-        style = {k: ["R", *v] for k, v in style.items()}
-        inputs.append(_value_info(GUIDE, ["R", 1, "H", "W"]))
-    inputs += [_value_info(k, v) for k, v in {**content, **style}.items()]
+    inputs = [_value_info(IMAGE, RGB), *([_value_info(GUIDE, MASKS)] if spec.guided else [])]
+    inputs += _content_infos(spec) + _gram_infos(spec, regions=spec.guided)
     if spec.temporal:
-        inputs += [_value_info(TEMPORAL_TARGET, [1, 3, "H", "W"]), _value_info(TEMPORAL_MAP, [1, 1, "H", "W"])]
-    inputs += weight_inputs
-    outputs = [_value_info("loss", []), _value_info("grad", [1, 3, "H", "W"])]
-    outputs += [_value_info(k, []) for k in terms]
-    graph = helper.make_graph(b.nodes, "onnxstyle_loss_grad", inputs, outputs, b.inits)
-    return _model(graph)
+        inputs += [_value_info(TEMPORAL_TARGET, RGB), _value_info(TEMPORAL_MAP, [1, 1, "H", "W"])]
+    outputs = [_value_info("loss", []), _value_info("grad", RGB), *(_value_info(k, []) for k in terms)]
+    return _model(b, "onnxstyle_loss_grad", inputs + weight_inputs, outputs)
 
 
 def build_tile_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
@@ -362,7 +363,6 @@ def build_tile_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     gradient (the halo covers the receptive field; see runtime/tiling.py).
     """
     b = _Builder()
-    content, _ = _io_shapes(spec)
     masks: dict[str, Any] = {}
     taps = _forward(b, spec, weights, IMAGE, masks)
     guides = _guides(b, spec, GUIDE)
@@ -374,23 +374,24 @@ def build_tile_grad(spec: LossSpec, weights: Weights) -> onnx.ModelProto:
     for n in spec.style_layers:
         tap_grads.setdefault(n, []).append(lambda n=n: _gram_backward(b, taps[n], n, guides[n], f"gramgrad_{n}"))
     b.named("Identity", [_backward(b, spec, taps, tap_grads, masks)], "grad")
-    inputs = [_value_info(IMAGE, [1, 3, "H", "W"]), _value_info(GUIDE, ["R", 1, "H", "W"]), _value_info(INNER, [1, 1, "H", "W"])]
-    inputs += [_value_info(k, v) for k, v in content.items()]
-    inputs += [_value_info(f"content_scale_{n}", []) for n in spec.content_layers]
-    inputs += [_value_info(f"gramgrad_{n}", ["R", LAYER_CHANNELS[n], LAYER_CHANNELS[n]]) for n in spec.style_layers]
-    graph = helper.make_graph(b.nodes, "onnxstyle_tile_grad", inputs, [_value_info("grad", [1, 3, "H", "W"])], b.inits)
-    return _model(graph)
+    inputs = [_value_info(IMAGE, RGB), _value_info(GUIDE, MASKS), _value_info(INNER, [1, 1, "H", "W"]), *_content_infos(spec)]
+    inputs += [_value_info(f"content_scale_{n}", []) for n in spec.content_layers] + _gram_infos(spec, "gramgrad")
+    return _model(b, "onnxstyle_tile_grad", inputs, [_value_info("grad", RGB)])
 
 
 def _gram_backward(b: _Builder, f: str, name: str, guide: str, gram_grad: str) -> str:
     """∂loss/∂f for S_r = Σ_p (f_p m_rp)(f_p m_rp)ᵀ given D_r = ∂loss/∂S_r: Σ_r (D_r+D_rᵀ)(f∘m_r) ∘ m_r."""
-    c = LAYER_CHANNELS[name]
-    fl = b.op("Reshape", [f, b.const([c, -1], np.int64)])  # [C, hw]
-    mr = b.op("Reshape", [guide, b.const([0, 1, -1], np.int64)])  # [R, 1, hw]
+    fl, mr = _flat(b, f, name, guide)
     sym = b.op("Add", [gram_grad, b.op("Transpose", [gram_grad], perm=[0, 2, 1])])
     dm = b.op("MatMul", [sym, b.op("Mul", [fl, mr])])  # [R, C, hw]
     dfl = b.op("ReduceSum", [b.op("Mul", [dm, mr]), b.const([0], np.int64)], keepdims=0)
     return b.op("Reshape", [dfl, b.op("Shape", [f])])
+
+
+def _flat(b: _Builder, f: str, name: str, guide: str) -> tuple[str, str]:
+    """(f as [C, hw], the guide as [R, 1, hw])."""
+    fl = b.op("Reshape", [f, b.const([LAYER_CHANNELS[name], -1], np.int64)])
+    return fl, b.op("Reshape", [guide, b.const([0, 1, -1], np.int64)])
 
 
 def _style_scale(b: _Builder, spec: LossSpec, name: str) -> str:
@@ -433,8 +434,7 @@ def _guided_gram(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) -> 
     """G_r = (F∘m_r)(F∘m_r)ᵀ / Σm_r² (the "hw" norm generalised: a weighted average over
     positions; ×1/C for "chw"; no division for "none"). An all-ones guide gives F Fᵀ/(H·W)."""
     c = LAYER_CHANNELS[name]
-    fl = b.op("Reshape", [f, b.const([c, -1], np.int64)])  # [C, hw]
-    mr = b.op("Reshape", [guide, b.const([0, 1, -1], np.int64)])  # [R, 1, hw]
+    fl, mr = _flat(b, f, name, guide)
     m = b.op("Mul", [fl, mr])  # [R, C, hw]
     mt = b.op("Transpose", [m], perm=[0, 2, 1])
     raw = b.op("MatMul", [m, mt], f"{name}_gramsum")
@@ -457,8 +457,7 @@ def _guided_style(b: _Builder, spec: LossSpec, f: str, name: str, guide: str) ->
     scale = _style_scale(b, spec, name)
     axes12 = b.const([1, 2], np.int64)
     if spec.relative:
-        energy = b.op("Add", [b.op("ReduceMean", [b.op("Mul", [a, a])], axes=[1, 2], keepdims=1), b.const(EPS)])
-        scale = b.op("Div", [scale, energy])  # [R,1,1]
+        scale = b.relative(scale, a, axes=[1, 2], keepdims=1)  # [R,1,1]
     sq = b.op("ReduceSum", [b.op("Mul", [e, e]), axes12], keepdims=1)
     loss = b.op("ReduceSum", [b.op("Mul", [sq, scale])], keepdims=0)
 
@@ -483,43 +482,23 @@ def _tv(b: _Builder, spec: LossSpec) -> tuple[str, str]:
         # d/dd1 (k²(d1²+d2²))^1.25 = 2.5·k²·s^0.25·d1
         gs = b.op("Mul", [b.op("Pow", [sq, b.const(0.25)]), b.op("Mul", ["tv_weight", b.const(2.5 * k * k)])])
         g1, g2 = b.op("Mul", [gs, d1]), b.op("Mul", [gs, d2])
-        grad = b.op(
-            "Add",
-            [
-                b.op("Sub", [_pad2(b, g1, (1, 0), (0, 1)), _pad2(b, b.op("Add", [g1, g2]), (0, 1), (0, 1))]),
-                _pad2(b, g2, (0, 1), (1, 0)),
-            ],
-        )
-        return loss, grad
+        grad = b.op("Sub", [_pad2(b, g1, (1, 0), (0, 1)), _pad2(b, b.op("Add", [g1, g2]), (0, 1), (0, 1))])
+        return loss, b.op("Add", [grad, _pad2(b, g2, (0, 1), (1, 0))])
     dx = b.op("Sub", [_slice(b, IMAGE, 2, 1, None), _slice(b, IMAGE, 2, 0, -1)])
     dy = b.op("Sub", [_slice(b, IMAGE, 3, 1, None), _slice(b, IMAGE, 3, 0, -1)])
     if spec.tv == "sum_abs":
         w = b.op("Mul", ["tv_weight", b.const(k)])
-        loss = b.op(
-            "Mul", [b.op("Add", [b.op("ReduceSum", [b.op("Abs", [dx])], keepdims=0), b.op("ReduceSum", [b.op("Abs", [dy])], keepdims=0)]), w]
-        )
+        l1 = b.op("Add", [b.op("ReduceSum", [b.op("Abs", [dx])], keepdims=0), b.op("ReduceSum", [b.op("Abs", [dy])], keepdims=0)])
+        loss = b.op("Mul", [l1, w])
         gx, gy = b.op("Mul", [b.op("Sign", [dx]), w]), b.op("Mul", [b.op("Sign", [dy]), w])
     else:  # mean_sq
         sx = b.op("Div", [b.op("Mul", ["tv_weight", b.const(k * k)]), b.scalar_f(b.op("Size", [dx]))])
         sy = b.op("Div", [b.op("Mul", ["tv_weight", b.const(k * k)]), b.scalar_f(b.op("Size", [dy]))])
-        loss = b.op(
-            "Add",
-            [
-                b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [dx, dx])], keepdims=0), sx]),
-                b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [dy, dy])], keepdims=0), sy]),
-            ],
-        )
-        gx = b.op("Mul", [dx, b.op("Mul", [sx, b.const(2.0)])])
-        gy = b.op("Mul", [dy, b.op("Mul", [sy, b.const(2.0)])])
+        loss = b.op("Add", [b.op("Mul", [b.sumsq(dx), sx]), b.op("Mul", [b.sumsq(dy), sy])])
+        gx, gy = b.twice(dx, sx), b.twice(dy, sy)
     # d/dx_i Σ f(x_{i+1}-x_i) = f'(x_i - x_{i-1}) - f'(x_{i+1} - x_i): the derivative shifted both ways.
-    grad = b.op(
-        "Add",
-        [
-            b.op("Sub", [_pad(b, gx, 2, 1, 0), _pad(b, gx, 2, 0, 1)]),
-            b.op("Sub", [_pad(b, gy, 3, 1, 0), _pad(b, gy, 3, 0, 1)]),
-        ],
-    )
-    return loss, grad
+    rows = b.op("Sub", [_pad2(b, gx, (1, 0), (0, 0)), _pad2(b, gx, (0, 1), (0, 0))])
+    return loss, b.op("Add", [rows, b.op("Sub", [_pad2(b, gy, (0, 0), (1, 0)), _pad2(b, gy, (0, 0), (0, 1))])])
 
 
 def _temporal(b: _Builder) -> tuple[str, str]:
@@ -529,7 +508,7 @@ def _temporal(b: _Builder) -> tuple[str, str]:
     cd = b.op("Mul", [TEMPORAL_MAP, d])
     scale = b.op("Div", ["temporal_weight", b.scalar_f(b.op("Size", [IMAGE]))])
     loss = b.op("Mul", [b.op("ReduceSum", [b.op("Mul", [cd, d])], keepdims=0), scale])
-    return loss, b.op("Mul", [cd, b.op("Mul", [scale, b.const(2.0)])])
+    return loss, b.twice(cd, scale)
 
 
 def _pad2(b: _Builder, x: str, rows: tuple[int, int], cols: tuple[int, int]) -> str:
@@ -542,13 +521,8 @@ def _slice(b: _Builder, x: str, axis: int, start: int, end: int | None) -> str:
     return b.op("Slice", [x, b.const([start], np.int64), b.const([e], np.int64), b.const([axis], np.int64)])
 
 
-def _pad(b: _Builder, x: str, axis: int, before: int, after: int) -> str:
-    pads = [0] * 8
-    pads[axis], pads[4 + axis] = before, after
-    return b.op("Pad", [x, b.const(pads, np.int64)], mode="constant")
-
-
-def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+def _model(b: _Builder, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]) -> onnx.ModelProto:
+    graph = helper.make_graph(b.nodes, name, inputs, outputs, b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxstyle")
     # IR 8 is read by onnxruntime ≥ 1.14 and TensorRT 8.6+; newer IRs buy nothing here.
     model.ir_version = 8

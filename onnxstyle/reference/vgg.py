@@ -80,7 +80,7 @@ def reference_features(
         return out
     if guide is None:
         guide = image.new_ones((1, 1, *image.shape[2:]))
-    guides = _reference_guides(model, spec, guide)
+    guides = _reference_guides(model, guide)
     for n in spec.style_layers:
         raw, mass = _guided_sums(taps[n], guides[n])
         out[f"gram_{n}"] = _normalize(spec, raw, mass, taps[n].shape[1])
@@ -114,37 +114,26 @@ def reference_loss(
     img_hw = image.shape[2] * image.shape[3]
     for n in spec.content_layers:
         p = targets[f"content_{n}"]
-        err = F.mse_loss(taps[n], p, reduction="mean" if spec.content_reduction == "mean" else "sum")
+        err = F.mse_loss(taps[n], p, reduction=spec.content_reduction)
         if spec.relative:
             err = err / (p.pow(2).mean() + 1e-8)
         terms[f"loss_content_{n}"] = w["content_weight"] * w[f"content_weight_{n}"] * err
-    guides = _reference_guides(model, spec, targets["guide"]) if spec.guided else {}
+    guides = _reference_guides(model, targets["guide"]) if spec.guided else {}
     for n in spec.style_layers:
-        if spec.guided:
-            terms[f"loss_style_{n}"] = w["style_weight"] * w[f"style_weight_{n}"] * _guided_err(
-                spec, taps[n], guides[n], targets[f"gram_{n}"], img_hw
-            )
-            continue
         a = targets[f"gram_{n}"]
-        g = gram(taps[n], spec.gram_norm)
-        if spec.style_reduction == "mean":
-            err = F.mse_loss(g, a, reduction="mean")
-        elif spec.style_reduction == "sum":
-            err = F.mse_loss(g, a, reduction="sum")
-        else:  # keras: channels = 3 and size = the image's rows × cols, as in the notebook
-            err = (g - a).pow(2).sum() / (4.0 * 3**2 * img_hw**2)
-        if spec.relative:
-            err = err / (a.pow(2).mean() + 1e-8)
+        if spec.guided:
+            err = _guided_err(spec, taps[n], guides[n], a, img_hw)
+        else:
+            err = _style_err(spec, gram(taps[n], spec.gram_norm), a, img_hw)
         terms[f"loss_style_{n}"] = w["style_weight"] * w[f"style_weight_{n}"] * err
     x = image * spec.tv_scale
     if spec.tv == "keras":
         a_ = (x[:, :, :-1, :-1] - x[:, :, 1:, :-1]).pow(2)
         b_ = (x[:, :, :-1, :-1] - x[:, :, :-1, 1:]).pow(2)
         tv = (a_ + b_).pow(1.25).sum()
-    elif spec.tv == "sum_abs":
-        tv = (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().sum() + (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().sum()
     else:
-        tv = (x[:, :, 1:, :] - x[:, :, :-1, :]).pow(2).mean() + (x[:, :, :, 1:] - x[:, :, :, :-1]).pow(2).mean()
+        dx, dy = x[:, :, 1:, :] - x[:, :, :-1, :], x[:, :, :, 1:] - x[:, :, :, :-1]
+        tv = dx.abs().sum() + dy.abs().sum() if spec.tv == "sum_abs" else dx.pow(2).mean() + dy.pow(2).mean()
     terms["loss_tv"] = w["tv_weight"] * tv
     if spec.temporal:
         c, target = targets["temporal_map"], targets["temporal_target"]
@@ -153,7 +142,8 @@ def reference_loss(
     return total, terms
 
 
-def _reference_guides(model: VGG19, spec: LossSpec, guide: torch.Tensor) -> dict[str, torch.Tensor]:
+def _reference_guides(model: VGG19, guide: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The guide at every layer's resolution, average-pooled as the graphs do."""
     out = {}
     g = guide
     for name in model.names:
@@ -167,18 +157,18 @@ def _guided_err(spec: LossSpec, f: torch.Tensor, m: torch.Tensor, a: torch.Tenso
     """Σ_r err(G_r, A_r) with G_r = (F∘m_r)(F∘m_r)ᵀ / Σ m_r² (Gatys et al. 2017)."""
     raw, mass = _guided_sums(f, m)
     g = _normalize(spec, raw, mass, f.shape[1])
-    total = f.new_zeros(())
-    for r in range(m.shape[0]):
-        if spec.style_reduction == "mean":
-            err = F.mse_loss(g[r], a[r], reduction="mean")
-        elif spec.style_reduction == "sum":
-            err = F.mse_loss(g[r], a[r], reduction="sum")
-        else:
-            err = (g[r] - a[r]).pow(2).sum() / (4.0 * 3**2 * img_hw**2)
-        if spec.relative:
-            err = err / (a[r].pow(2).mean() + 1e-8)
-        total = total + err
-    return total
+    return sum((_style_err(spec, g[r], a[r], img_hw) for r in range(m.shape[0])), f.new_zeros(()))
+
+
+def _style_err(spec: LossSpec, g: torch.Tensor, a: torch.Tensor, img_hw: int) -> torch.Tensor:
+    """One Gram's error against its target, reduced as the spec says."""
+    if spec.style_reduction == "keras":  # channels = 3 and size = the image's rows × cols, as in the notebook
+        err = (g - a).pow(2).sum() / (4.0 * 3**2 * img_hw**2)
+    else:
+        err = F.mse_loss(g, a, reduction=spec.style_reduction)
+    if spec.relative:
+        err = err / (a.pow(2).mean() + 1e-8)
+    return err
 
 
 def reference_loss_and_grad(

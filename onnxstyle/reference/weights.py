@@ -66,13 +66,11 @@ class VGGWeights:
     sha256: str
 
 
-def _expected_shapes() -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
-    return {name: ((cout, cin, 3, 3), (cout,)) for name, kind, cin, cout in LAYERS if kind == "conv"}
-
-
 def _check_shapes(convs: dict[str, tuple[np.ndarray, np.ndarray]], path: str) -> None:
-    for name, (wshape, bshape) in _expected_shapes().items():
-        w, b = convs[name]
+    for name, kind, cin, cout in LAYERS:
+        if kind != "conv":
+            continue
+        (w, b), wshape, bshape = convs[name], (cout, cin, 3, 3), (cout,)
         if tuple(w.shape) != wshape or tuple(b.shape) != bshape:
             raise WeightsError(
                 f"{path}: {name} has weight {tuple(w.shape)} and bias {tuple(b.shape)}, "

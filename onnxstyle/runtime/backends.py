@@ -81,14 +81,12 @@ def openvino_info() -> tuple[bool, bool]:
     """(OpenVINO usable on the CPU, the CPU has native bf16 as OpenVINO sees it)."""
     try:
         import openvino as ov
-    except ImportError:
-        return False, False
-    try:
+
         core = ov.Core()
         if "CPU" not in core.available_devices:
             return False, False
         caps = set(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    except Exception:  # a broken install is an absent one
+    except Exception:  # not installed; a broken install is an absent one
         return False, False
     # OpenVINO lists BF16 where it has native kernels; the flags confirm it is not emulated.
     native = "BF16" in caps and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
@@ -107,9 +105,7 @@ def available_backends() -> Availability:
 def _openvino_choice(avail: Availability, config: EngineConfig, threads: int) -> BackendChoice:
     if not avail.openvino:
         raise MissingDependencyError("--device openvino needs OpenVINO: pip install 'onnxstyle[cpu]' (or pip install openvino)")
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if avail.bf16_native else "fp32"
+    precision = ("bf16" if avail.bf16_native else "fp32") if config.precision == "auto" else config.precision
     if precision == "bf16" and not avail.bf16_native:
         raise ProviderError("--precision bf16: this CPU has no native bf16 (AVX512_BF16 or AMX); OpenVINO runs fp32 here")
     if precision == "fp16":
@@ -225,6 +221,7 @@ class OrtRunner:
         self.choice = choice
         self.folder = folder
         self.graph = graph
+        self.src = folder / f"{graph}.onnx"
         self.fix_hint = fix_hint
         self.session = self._load(shapes)
         self.output_names = [o.name for o in self.session.get_outputs()]
@@ -251,31 +248,29 @@ class OrtRunner:
         return cache.CacheKey(ident, engine, self.ort.__version__, self.choice.precision, device)
 
     def _load(self, shapes: dict[str, tuple[int, ...]]) -> Any:
-        src = str(self.folder / f"{self.graph}.onnx")
         first = self.choice.providers[0]
         if first == CPU:
             sess = self._load_cpu()
         elif first == TRT:
             # TensorRT names its engines itself, one per profile (our shapes) in this folder.
             with cache.compiling(self._key("onnxruntime-tensorrt"), cache.shape_name(shapes)) as trt_cache:
-                sess = self._session(src, self._options(), trt_cache, shapes)
+                sess = self._session(self._options(), trt_cache, shapes)
         else:
-            sess = self._session(src, self._options(), None, shapes)
+            sess = self._session(self._options(), None, shapes)
         # Optimizing the graph leaves ~100 MB freed but held by the C heap: give it back.
         release_heap()
         return sess
 
-    def _session(self, path: str, so: Any, trt_cache: Path | None, shapes: dict[str, tuple[int, ...]]) -> Any:
+    def _session(self, so: Any, trt_cache: Path | None, shapes: dict[str, tuple[int, ...]]) -> Any:
         opts = provider_options(self.choice.providers, trt_cache, shapes or {}, self.choice.precision == "fp16", self.choice.device_id)
         try:
-            return self.ort.InferenceSession(path, so, providers=list(self.choice.providers), provider_options=opts)
+            return self.ort.InferenceSession(str(self.src), so, providers=list(self.choice.providers), provider_options=opts)
         except MemoryError:
             raise
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             if not is_parse_failure(e):
                 raise engine_failure(e, "compile", self.graph, (shapes or {}).get("image"), self.choice.describe()) from e
-            src = self.folder / f"{self.graph}.onnx"
-            raise ModelsError(f"{src} cannot be loaded ({engine_message(e)}); re-export with: {self.fix_hint}") from e
+            raise ModelsError(f"{self.src} cannot be loaded ({engine_message(e)}); re-export with: {self.fix_hint}") from e
 
     def _load_cpu(self) -> Any:
         """The optimized model from the compiled cache, else optimized now and saved there.
@@ -286,10 +281,9 @@ class OrtRunner:
         0.48-0.63 s the first time (optimize and save). About 0.35 s per start, for 150 MB
         of cache per export and CPU (the weights, re-laid out, beside each optimized graph).
         """
-        src = str(self.folder / f"{self.graph}.onnx")
         with cache.compiling(self._key("onnxruntime"), "optimized") as entry:
             if entry is None:  # no writable cache: optimize in memory, as every time
-                return self._session(src, self._options(), None, {})
+                return self._session(self._options(), None, {})
             model = entry / OPTIMIZED
             if model.is_file():
                 try:
@@ -303,7 +297,7 @@ class OrtRunner:
                 so = self._options()
                 so.optimized_model_filepath = str(tmp / OPTIMIZED)
                 so.add_session_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_DATA)
-                sess = self._session(src, so, None, {})
+                sess = self._session(so, None, {})
                 if (tmp / OPTIMIZED).is_file():
                     # The data first: a model file present means its weights are too.
                     if (tmp / OPTIMIZED_DATA).is_file():

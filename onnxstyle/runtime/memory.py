@@ -72,26 +72,26 @@ def model_for(backend: str, precision: str) -> MemoryModel:
     return MODELS.get((backend, precision), MODELS[("onnxruntime", "fp32")])
 
 
+def _map_bytes(name: str, height: int, width: int) -> int:
+    """float32 bytes of layer ``name``'s output for an image of height × width."""
+    s = layer_stride(name)
+    return LAYER_CHANNELS[name] * math.ceil(height / s) * math.ceil(width / s) * 4
+
+
 def activation_bytes(spec: LossSpec, height: int, width: int) -> int:
     """float32 bytes of every layer output of one forward pass up to the deepest tap."""
-    total = 0
-    for name, *_ in LAYERS[: LAYER_INDEX[spec.deepest] + 1]:
-        s = layer_stride(name)
-        total += LAYER_CHANNELS[name] * math.ceil(height / s) * math.ceil(width / s) * 4
-    return total
+    return sum(_map_bytes(name, height, width) for name, *_ in LAYERS[: LAYER_INDEX[spec.deepest] + 1])
 
 
 def optimizer_bytes(optimizer: str, history: int, variables: int) -> int:
     """What each optimizer keeps per variable (pixel channel); ``history``: the pairs it will
     hold (fewer than its memory when the run is shorter)."""
-    if optimizer == "lbfgs-b":
+    if optimizer in ("lbfgs-b", "keras-lbfgs"):
         # scipy's L-BFGS-B: float64 x, g, bounds (2), and its work array of 2m+5 vectors.
         return (2 * history + 10) * 8 * variables
     if optimizer in ("lbfgs", "torch-lbfgs"):
         # float32 history pairs, plus x, g, direction, the trial point, its gradient and mask.
         return (2 * history + 6) * 4 * variables
-    if optimizer == "keras-lbfgs":
-        return (2 * history + 10) * 8 * variables
     return 6 * 4 * variables  # Adam: x, g, two moments, a step
 
 
@@ -100,7 +100,6 @@ class Estimate:
     """The parts of a stage's peak, in bytes; ``total`` is what is compared with the budget."""
 
     parts: dict[str, int] = field(default_factory=dict)
-
     margin: float = 1.0
 
     @property
@@ -143,16 +142,15 @@ def estimate_stage(
     if tiled:
         # A tiled stage holds the content targets whole (relu4_2 at 4096 px: 400 MB); untiled,
         # they are part of the graph's feeds, within the evaluation's factor.
-        images += sum(LAYER_CHANNELS[c] * math.ceil(height / layer_stride(c)) * math.ceil(width / layer_stride(c)) * 4 for c in spec.content_layers)
+        images += sum(_map_bytes(c, height, width) for c in spec.content_layers)
     targets = m.features_factor * activation_bytes(spec, min(eh, style_side), min(ew, style_side))
     pairs = min(history or settings.lbfgs_history, max(1, settings.total_evaluations()))
+    act = activation_bytes(spec, eh, ew)
     parts = {
         "libraries": m.libraries,
         "weights": m.weights * (3 if tiled else 2),
         "targets": int(targets),
-        "evaluation": int(m.tile_fixed + m.tile_pass_factor * activation_bytes(spec, eh, ew))
-        if tiled
-        else int(m.pass_factor * activation_bytes(spec, eh, ew)),
+        "evaluation": int(m.tile_fixed + m.tile_pass_factor * act if tiled else m.pass_factor * act),
         "optimizer": optimizer_bytes(optimizer or settings.optimizer, pairs, n),
         "images": images,
     }

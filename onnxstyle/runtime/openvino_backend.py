@@ -45,24 +45,6 @@ def _read_onnx(path: Path) -> Any:
     return frontend.convert(frontend.load(str(path)))
 
 
-def _parse(src: Path, defaults: dict[str, np.ndarray], fix_hint: str) -> Any:
-    """The graph read and its weights made inputs; a file that does not parse is the folder's
-    fault (truncated, overwritten, another format): a ModelsError naming the fix."""
-    try:
-        model = _read_onnx(src)
-        if defaults:
-            weights_as_parameters(model, defaults)
-    except Exception as e:  # OpenVINO's GeneralFailure and kin are not RuntimeErrors
-        raise ModelsError(f"{src} cannot be loaded by OpenVINO ({engine_message(e)}); re-export with: {fix_hint}") from e
-    return model
-
-
-def cache_key(folder: Path, graph: str, precision: str) -> cache.CacheKey:
-    import openvino as ov
-
-    return cache.CacheKey(cache.export_identity(folder, graph), "openvino", ov.__version__, precision)
-
-
 def weights_as_parameters(model: Any, defaults: dict[str, float]) -> None:
     """Turn the loss-weight constants back into graph inputs (scalars, f32)."""
     from openvino import opset13 as ops
@@ -97,8 +79,14 @@ class OpenVinoRunner:
         src = folder / f"{graph}.onnx"
         self.defaults = {k: np.array(v, np.float32) for k, v in weights.items()}
         self.graph = graph
-        self.device = choice.describe() if hasattr(choice, "describe") else "OpenVINO CPU"
-        model = _parse(src, self.defaults, fix_hint)
+        self.device = choice.describe()
+        # A file that does not parse is the folder's fault (truncated, overwritten, another format).
+        try:
+            model = _read_onnx(src)
+            if self.defaults:
+                weights_as_parameters(model, self.defaults)
+        except Exception as e:  # OpenVINO's GeneralFailure and kin are not RuntimeErrors
+            raise ModelsError(f"{src} cannot be loaded by OpenVINO ({engine_message(e)}); re-export with: {fix_hint}") from e
         # From here on the graph has been read: a failure is OpenVINO's (a shape its pools or
         # convolutions cannot take, memory, a precision), not the folder's, and re-exporting
         # would give the same graph.
@@ -138,7 +126,10 @@ class OpenVinoRunner:
         # OpenVINO ("cannot set permissions"), and no blob is evicted while being read.
         # The thread count is in OpenVINO's blob hash: another count is another blob.
         what = f"{cache.shape_name(shapes)};threads={int(choice.threads)}"
-        with cache.compiling(cache_key(folder, graph, precision), what) as cache_dir:
+        import openvino as ov
+
+        key = cache.CacheKey(cache.export_identity(folder, graph), "openvino", ov.__version__, precision)
+        with cache.compiling(key, what) as cache_dir:
             if cache_dir is not None:
                 config["CACHE_DIR"] = str(cache_dir)
             return names, core.compile_model(model, "CPU", config)

@@ -108,13 +108,12 @@ def _auto_tiles(spec: LossSpec, h: int, w: int, ok: Callable[[TilePlan], bool]) 
 def plan_run(
     spec: LossSpec, content_hw: tuple[int, int], settings: RunSettings, backend: str, precision: str, budget: int | None,
     inputs: int | None = None, snap: bool = False, styles: Sequence[tuple[int, int]] = (),
-    masks: Sequence[tuple[int, int]] = (),
 ) -> RunPlan:
     """``inputs``: bytes of the run's inputs held whole (memory.inputs_bytes); None: a content
     and a square style at each stage's size. ``snap``: untiled stages run on the shape grid's
-    canvases (runtime/canvas.py), for engines that compile per shape. ``styles``/``masks``:
-    the (height, width) of each, checked with the content by :func:`check_sizes`."""
-    check_sizes(spec, content_hw, settings, styles, masks)
+    canvases (runtime/canvas.py), for engines that compile per shape. ``styles``: the
+    (height, width) of each style image, checked with the content by :func:`check_sizes`."""
+    check_sizes(spec, content_hw, settings, styles)
     stages = []
     for i, (size, evaluations) in enumerate(settings.stages(), start=1):
         hw = fit_size(content_hw[0], content_hw[1], size, settings.fit)
@@ -150,7 +149,7 @@ def check_sizes(
     aspect matters). ``masks`` are resized to the content's working size, so the content's check
     covers them; they are taken for the service's sake and need no check of their own.
     """
-    del masks  # resized to the content at every stage: checked as the content is
+    del masks
     least = spec.min_side
     stages = settings.stages()
     for i, (size, _) in enumerate(stages, start=1):

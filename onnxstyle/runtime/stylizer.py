@@ -7,6 +7,7 @@ Arrays in, arrays out. Finding or making a models folder is not done here (see
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -61,19 +62,8 @@ class Stylizer:
         dynamic = settings.shape_grid
         ct = self.engine.features(canvas.pad(to_nchw(content)), dynamic=dynamic)
         targets = {k: v for k, v in ct.items() if k.startswith("content_")}
-        side = settings.style_side(side)
-        grams = []
-        for st in styles:
-            f = self.engine.features(to_nchw(resize_to(st, *fit_longest(*st.shape[:2], side))), dynamic=dynamic)
-            grams.append({k: v.reshape(v.shape[-2:]) for k, v in f.items() if k.startswith("gram_")})
-        if regions > 1:
-            for k in grams[0]:
-                targets[k] = np.stack([g[k] for g in grams])
-        else:
-            w = blend_weights(len(styles), settings.style_blend)
-            for k in grams[0]:
-                blend = sum(wi * g[k] for wi, g in zip(w, grams))
-                targets[k] = blend[None] if regions == 1 else blend
+        features = functools.partial(self.engine.features, dynamic=dynamic)
+        targets.update(_style_targets(styles, settings.style_side(side), features, regions, settings.style_blend))
         return {k: np.ascontiguousarray(v, np.float32) for k, v in targets.items()}
 
     def initial(self, content: np.ndarray, styles: Sequence[np.ndarray], settings: RunSettings, init_image: np.ndarray | None) -> np.ndarray:
@@ -188,13 +178,11 @@ class Stylizer:
 
     def _stage_objective(
         self, stage: StagePlan, content: np.ndarray, styles: Sequence[np.ndarray], s: RunSettings, masks: list[np.ndarray],
-        temporal: tuple[np.ndarray, np.ndarray] | None, hook: ObjectiveHook | None, on_tile: TileProgress | None,
-        canvas: Canvas | None = None,
+        temporal: tuple[np.ndarray, np.ndarray] | None, hook: ObjectiveHook | None, on_tile: TileProgress | None, canvas: Canvas,
     ) -> Objective:
         hw = (stage.height, stage.width)
         regions = (len(masks) if len(masks) > 1 else 1) if self.engine.guided else 0
         if stage.tiles is None:
-            canvas = canvas or Canvas(hw, hw)
             targets = self.targets(content, styles, s, side=stage.size, regions=regions, canvas=canvas)
             if self.engine.guided:
                 targets["guide"] = canvas.pad(_guide(masks, hw), mirror=False)
@@ -203,23 +191,17 @@ class Stylizer:
             self.engine.release(FEATURES)
             s = self._canvas_weights(s, canvas)
             return self._fallback(lambda engine: self._objective(targets, s, hook, engine), stage.fp32_fallback)
-        return self._tiled_objective(stage, content, styles, s, masks, temporal, hook, on_tile)
+        return self._tiled_objective(stage, content, styles, s, masks, temporal, hook, on_tile, regions)
 
     def _canvas_weights(self, s: RunSettings, canvas: Canvas) -> RunSettings:
         """On a grid canvas, the terms averaged over the canvas weigh canvas/photo area more, so
         that against the style (measured on the photo alone) they balance as at the exact size."""
-        spec = self.engine.manifest.spec
         if not canvas.snapped:
             return s
-        defaults = self.engine.weight_defaults
-        changes = {}
-        if spec.content_reduction == "mean":
-            c = s.content_weight if s.content_weight is not None else defaults["content_weight"]
-            changes["content_weight"] = c * canvas.area_ratio
-        if spec.tv == "mean_sq":
-            t = s.tv_weight if s.tv_weight is not None else defaults["tv_weight"]
-            changes["tv_weight"] = t * canvas.area_ratio
-        return s.replace(**changes)
+        spec = self.engine.manifest.spec
+        averaged = [k for k, on in (("content_weight", spec.content_reduction == "mean"), ("tv_weight", spec.tv == "mean_sq")) if on]
+        given = {k: getattr(s, k) for k in averaged}
+        return s.replace(**{k: (self.engine.weight_defaults[k] if v is None else v) * canvas.area_ratio for k, v in given.items()})
 
     def _fallback(self, make: Callable[[Engine], Objective], allowed: bool = True) -> Objective:
         """A bf16 engine's objective that can become fp32 when the optimizer stalls on it, where
@@ -241,7 +223,7 @@ class Stylizer:
 
     def _tiled_objective(
         self, stage: StagePlan, content: np.ndarray, styles: Sequence[np.ndarray], s: RunSettings, masks: list[np.ndarray],
-        temporal: tuple[np.ndarray, np.ndarray] | None, hook: ObjectiveHook | None, on_tile: TileProgress | None,
+        temporal: tuple[np.ndarray, np.ndarray] | None, hook: ObjectiveHook | None, on_tile: TileProgress | None, regions: int,
     ) -> Objective:
         spec, plan = self.engine.manifest.spec, stage.tiles
         assert plan is not None
@@ -260,18 +242,13 @@ class Stylizer:
         def features(im: np.ndarray, g: np.ndarray) -> dict[str, np.ndarray]:
             return self.engine.features(im, g, dynamic=True)
 
+        def style_features(img: np.ndarray) -> dict[str, np.ndarray]:
+            tiles = plan_tiles(img.shape[2], img.shape[3], spec, plan.inner)
+            return tiled_features(spec, tiles, features, img, progress=on_tile, maps=False)
+
         targets = tiled_features(spec, plan, features, to_nchw(content), progress=on_tile)
         targets = {k: v for k, v in targets.items() if k.startswith("content_")}
-        side = s.style_side(stage.size)
-        grams = []
-        for st in styles:
-            img = to_nchw(resize_to(st, *fit_longest(*st.shape[:2], side)))
-            grams.append(tiled_features(spec, plan_tiles(img.shape[2], img.shape[3], spec, plan.inner), features, img, progress=on_tile, maps=False))
-        multi = len(masks) > 1
-        w = blend_weights(len(styles), s.style_blend)
-        for n in spec.style_layers:
-            k = f"gram_{n}"
-            targets[k] = np.concatenate([g[k] for g in grams]) if multi else sum(wi * g[k] for wi, g in zip(w, grams)).astype(np.float32)
+        targets.update(_style_targets(styles, s.style_side(stage.size), style_features, regions, s.style_blend))
         if self.engine.choice.precision != "fp32":
             # The tiles' own passes run at the engine's precision; the fp32 copy that made the
             # targets held 300 MiB at 2048 px in 512 px tiles.
@@ -285,24 +262,19 @@ class Stylizer:
             tobj = TiledObjective(
                 spec, plan, lambda im, g: engine.features(im, g, exact=False, dynamic=True), TileGrad(engine), targets, weights, guide, temp_pair, on_tile
             )
-
-            def objective(x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
-                loss, grad, terms = tobj(x)
-                if hook is not None:
-                    loss, grad = hook(x, loss, grad)
-                return loss, grad, terms
-
-            return objective
+            return _hooked(tobj, hook)
 
         return self._fallback(make, stage.fp32_fallback)
+
+    def _old_export(self, without: str) -> ModelsError:
+        e = self.engine
+        version = e.manifest.version
+        return ModelsError(f"{e.folder} is an export of format version {version}, without {without}; re-export with: {e.fix_hint}")
 
     def _temporal(self, temporal: tuple[np.ndarray, np.ndarray] | None, hw: tuple[int, int]) -> dict[str, np.ndarray]:
         if not self.engine.temporal:
             if temporal is not None:
-                raise ModelsError(
-                    f"{self.engine.folder} is an export of format version {self.engine.manifest.version}, "
-                    f"without the temporal term for video; re-export with: {self.engine.fix_hint}"
-                )
+                raise self._old_export("the temporal term for video")
             return {}
         if temporal is None:
             return no_temporal(*hw)
@@ -318,10 +290,7 @@ class Stylizer:
         if len(masks) > 1 and len(masks) != len(styles):
             raise ValueError(f"--masks has {len(masks)} masks for {len(styles)} style images")
         if masks and not self.engine.guided:
-            raise ModelsError(
-                f"{self.engine.folder} is an export of format version {self.engine.manifest.version}, "
-                f"without guided graphs for masks; re-export with: {self.engine.fix_hint}"
-            )
+            raise self._old_export("guided graphs for masks")
 
     def _finish(self, results: list[Result], s: RunSettings, content: np.ndarray) -> Result:
         """One result for all stages: the last stage's image (its content chroma put back)."""
@@ -349,12 +318,9 @@ class Stylizer:
 
         def objective(x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
             r = engine.loss_grad(x, targets, weights)
-            loss, grad = r.loss, r.grad
-            if hook is not None:  # tests inject faults here
-                loss, grad = hook(x, loss, grad)
-            return loss, grad, r.terms
+            return r.loss, r.grad, r.terms
 
-        return objective
+        return _hooked(objective, hook)
 
     def _optimize(
         self, s: RunSettings, x0: np.ndarray, evaluations: int, objective: Objective, cb: Callable[[Iterate], None] | None,
@@ -453,7 +419,7 @@ class PrecisionFallback:
 
 
 def _staged(
-    callback: Callable[[Iterate], None] | None, offset: int, total: int, stage: int, stages: int, canvas: Canvas | None = None,
+    callback: Callable[[Iterate], None] | None, offset: int, total: int, stage: int, stages: int, canvas: Canvas
 ) -> Callable[[Iterate], None] | None:
     """Steps count across coarse-to-fine stages, so progress is one bar over the whole plan;
     the image handed on is the photo's region of a grid canvas."""
@@ -461,10 +427,42 @@ def _staged(
         return None
 
     def cb(it: Iterate) -> None:
-        image = canvas.crop(it.image) if canvas is not None else it.image
-        callback(dataclasses.replace(it, step=it.step + offset, total=total, stage=stage, stages=stages, image=image))
+        callback(dataclasses.replace(it, step=it.step + offset, total=total, stage=stage, stages=stages, image=canvas.crop(it.image)))
 
     return cb
+
+
+def _hooked(objective: Objective, hook: ObjectiveHook | None) -> Objective:
+    """The objective with ``hook`` applied to each evaluation's loss and gradient (tests inject faults here)."""
+    if hook is None:
+        return objective
+
+    def hooked(x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
+        loss, grad, terms = objective(x)
+        return (*hook(x, loss, grad), terms)
+
+    return hooked
+
+
+def _style_targets(
+    styles: Sequence[np.ndarray], side: int, features: Callable[[np.ndarray], dict[str, np.ndarray]], regions: int,
+    blend: Sequence[float] | None,
+) -> dict[str, np.ndarray]:
+    """The Gram targets of the style images, each resized to ``side``: one region per style
+    ([R,C,C]) when ``regions`` > 1, else the styles blended: [1,C,C], or [C,C] for an old plain
+    export (``regions`` 0)."""
+    grams = []
+    for st in styles:
+        f = features(to_nchw(resize_to(st, *fit_longest(*st.shape[:2], side))))
+        grams.append({k: v.reshape(v.shape[-2:]) for k, v in f.items() if k.startswith("gram_")})
+    if regions > 1:
+        return {k: np.stack([g[k] for g in grams]) for k in grams[0]}
+    w = blend_weights(len(styles), blend)
+    out = {}
+    for k in grams[0]:
+        b = sum(wi * g[k] for wi, g in zip(w, grams))
+        out[k] = (b[None] if regions == 1 else b).astype(np.float32)
+    return out
 
 
 def _guide(masks: Sequence[np.ndarray], hw: tuple[int, int]) -> np.ndarray:

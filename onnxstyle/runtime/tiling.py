@@ -182,14 +182,17 @@ def _tile_guide(guide: np.ndarray | None, t: Tile) -> np.ndarray:
     return inner if guide is None else _crop(guide, t) * inner
 
 
-def normalized(spec: LossSpec, gramsum: np.ndarray, mass: np.ndarray, layer: str) -> np.ndarray:
-    """G = S·inv, inv as in the graphs: 1/(Σm² + ε) for "hw", also /C for "chw", 1 for "none"."""
+def _inv(spec: LossSpec, mass: np.ndarray, layer: str) -> np.ndarray:
+    """The Gram's normalization as in the graphs: 1/(Σm² + ε) for "hw", also /C for "chw", 1 for "none"."""
     if spec.gram_norm == "none":
-        return gramsum
+        return np.ones_like(mass)
     inv = 1.0 / (mass + EPS)
-    if spec.gram_norm == "chw":
-        inv = inv / LAYER_CHANNELS[layer]
-    return gramsum * inv[:, None, None]
+    return inv / LAYER_CHANNELS[layer] if spec.gram_norm == "chw" else inv
+
+
+def normalized(spec: LossSpec, gramsum: np.ndarray, mass: np.ndarray, layer: str) -> np.ndarray:
+    """G = S·inv."""
+    return gramsum if spec.gram_norm == "none" else gramsum * _inv(spec, mass, layer)[:, None, None]
 
 
 def tiled_features(
@@ -210,8 +213,7 @@ def style_loss(spec: LossSpec, n: str, gramsum: np.ndarray, mass: np.ndarray, ta
     """(the layer's weighted style term, ∂term/∂S [R,C,C]) from the global sums."""
     c = LAYER_CHANNELS[n]
     a = target.astype(np.float64).reshape(-1, c, c)
-    g = normalized(spec, gramsum, mass, n)
-    e = g - a
+    e = normalized(spec, gramsum, mass, n) - a
     scale = weights["style_weight"] * weights[f"style_weight_{n}"]
     if spec.style_reduction == "mean":
         scale = scale / (c * c)
@@ -221,10 +223,7 @@ def style_loss(spec: LossSpec, n: str, gramsum: np.ndarray, mass: np.ndarray, ta
     if spec.relative:
         scales = scales / ((a**2).mean(axis=(1, 2)) + EPS)
     loss = float((scales * (e**2).sum(axis=(1, 2))).sum())
-    inv = np.ones_like(mass) if spec.gram_norm == "none" else 1.0 / (mass + EPS)
-    if spec.gram_norm == "chw":
-        inv = inv / c
-    return loss, (2.0 * (scales * inv)[:, None, None] * e).astype(np.float32)
+    return loss, (2.0 * (scales * _inv(spec, mass, n))[:, None, None] * e).astype(np.float32)
 
 
 def content_scale(spec: LossSpec, n: str, target: np.ndarray, weights: dict[str, float]) -> float:

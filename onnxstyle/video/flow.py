@@ -61,7 +61,9 @@ class Motion:
 
 
 def to_gray8(rgb: np.ndarray) -> np.ndarray:
-    """RGB float in [0,1] (or uint8) → 8-bit grey, which DIS takes."""
+    """RGB float in [0,1] (or uint8) → 8-bit grey, which DIS takes; grey uint8 as it is."""
+    if rgb.ndim == 2 and rgb.dtype == np.uint8:
+        return rgb
     img = rgb if rgb.dtype == np.uint8 else np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
     cv2 = opencv()
     return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)
@@ -71,10 +73,8 @@ def dis_flow(source: np.ndarray, target: np.ndarray, config: FlowConfig = FlowCo
     """Dense flow from ``source`` to ``target`` (RGB or grey images of the same size)."""
     dis = opencv().DISOpticalFlow.create(config.preset)
     dis.setFinestScale(config.finest_scale)
-    a = source if source.ndim == 2 and source.dtype == np.uint8 else to_gray8(source)
-    b = target if target.ndim == 2 and target.dtype == np.uint8 else to_gray8(target)
-    flow = np.zeros((*a.shape, 2), np.float32)
-    return np.asarray(dis.calc(a, b, flow), np.float32)
+    a, b = to_gray8(source), to_gray8(target)
+    return np.asarray(dis.calc(a, b, np.zeros((*a.shape, 2), np.float32)), np.float32)
 
 
 def _maps(flow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +117,7 @@ def consistency(backward: np.ndarray, forward: np.ndarray, config: FlowConfig = 
 def motion(previous: np.ndarray, current: np.ndarray, config: FlowConfig = FlowConfig()) -> Motion:
     """Flow in both directions between two frames (RGB in [0,1] or grey uint8) and its
     reliability on the current frame."""
-    a = previous if previous.ndim == 2 else to_gray8(previous)
-    b = current if current.ndim == 2 else to_gray8(current)
+    a, b = to_gray8(previous), to_gray8(current)
     backward = dis_flow(b, a, config)
     forward = dis_flow(a, b, config)
     return Motion(backward, forward, consistency(backward, forward, config))

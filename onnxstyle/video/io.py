@@ -35,13 +35,9 @@ from ..runtime.image_io import DEFAULT_MAX_PIXELS, load_image, probe_image, resi
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 # Video encoders per container, best first; the first one this FFmpeg build has is used.
 # libx264 and aac are in PyAV's wheels (docs/video.md lists av.codecs_available).
+_H264 = ("libx264", "h264", "mpeg4")
 VIDEO_ENCODERS: dict[str, tuple[str, ...]] = {
-    ".mp4": ("libx264", "h264", "mpeg4"),
-    ".m4v": ("libx264", "h264", "mpeg4"),
-    ".mov": ("libx264", "h264", "mpeg4"),
-    ".mkv": ("libx264", "h264", "mpeg4"),
-    ".avi": ("mpeg4", "libx264"),
-    ".webm": ("libvpx-vp9", "libvpx"),
+    ".mp4": _H264, ".m4v": _H264, ".mov": _H264, ".mkv": _H264, ".avi": ("mpeg4", "libx264"), ".webm": ("libvpx-vp9", "libvpx")
 }
 # The audio encoder for a container when the input's audio cannot be copied as it is.
 AUDIO_ENCODERS: dict[str, str] = {".mp4": "aac", ".m4v": "aac", ".mov": "aac", ".mkv": "aac", ".avi": "libmp3lame", ".webm": "libopus"}
@@ -58,15 +54,11 @@ FRAME_NAME = "frame_{:06d}.png"
 _FRAME_RE = re.compile(r"^frame_(\d{6})\.png$")
 
 
-@dataclass(frozen=True)
-class EncodeConfig:
-    """How an output video is encoded."""
-
-    # x264's constant rate factor: 18 is visually lossless for most material; stylized
-    # frames have fine brush texture that lower quality smears.
-    crf: int = 18
-    # yuv420p: what every player and browser decodes (it needs even width and height).
-    pix_fmt: str = "yuv420p"
+# x264's constant rate factor: 18 is visually lossless for most material; stylized
+# frames have fine brush texture that lower quality smears.
+CRF = 18
+# yuv420p: what every player and browser decodes (it needs even width and height).
+PIX_FMT = "yuv420p"
 
 
 @dataclass(frozen=True)
@@ -214,12 +206,12 @@ def _first_encoder(av: Any, names: tuple[str, ...]) -> str:
     raise OutputError(f"none of the encoders {', '.join(names)} is in this PyAV build")
 
 
-def _video_stream(av: Any, out: Any, suffix: str, fps: Fraction, height: int, width: int, enc: EncodeConfig) -> Any:
+def _video_stream(av: Any, out: Any, suffix: str, fps: Fraction, height: int, width: int) -> Any:
     codec = _first_encoder(av, VIDEO_ENCODERS[suffix])
     stream = out.add_stream(codec, rate=fps)
-    stream.width, stream.height, stream.pix_fmt = width, height, enc.pix_fmt
+    stream.width, stream.height, stream.pix_fmt = width, height, PIX_FMT
     if codec in ("libx264", "libvpx-vp9"):
-        stream.options = {"crf": str(enc.crf)} if codec == "libx264" else {"crf": str(enc.crf + 12), "b": "0"}
+        stream.options = {"crf": str(CRF)} if codec == "libx264" else {"crf": str(CRF + 12), "b": "0"}
     return stream
 
 
@@ -259,7 +251,7 @@ def _encoded(av: Any, src: Any, a: Any, dst: Any, seconds: float) -> Iterator[tu
 
 
 def write_video(
-    frames_folder: Path, count: int, output: Path, fps: Fraction, audio_from: Path | None = None, enc: EncodeConfig = EncodeConfig()
+    frames_folder: Path, count: int, output: Path, fps: Fraction, audio_from: Path | None = None
 ) -> None:
     """Encode frames 0 … count-1 of a work folder into ``output`` at ``fps``, with the audio
     of ``audio_from`` (cut to the video's length) when it has any; atomic. The frames are
@@ -275,7 +267,7 @@ def write_video(
     try:
         src = av.open(str(audio_from)) if audio_from is not None else None
         with av.open(str(tmp), "w") as out:
-            vs = _video_stream(av, out, suffix, fps, height, width, enc)
+            vs = _video_stream(av, out, suffix, fps, height, width)
             audio = _audio(av, src, out, suffix, float(count / fps)) if src is not None and src.streams.audio else iter(())
             pending: tuple[float, list[Any]] | None = next(audio, None)
             for i in range(count):

@@ -47,17 +47,11 @@ class VideoStats:
     reused: int = 0
     evaluations: int = 0
     seconds: float = 0.0
-    # Frames that started from the previous one warped (fewer evaluations), and their time.
-    later: int = 0
-    later_seconds: float = 0.0
 
-    def add(self, seconds: float, evaluations: int, later: bool) -> None:
+    def add(self, seconds: float, evaluations: int) -> None:
         self.made += 1
         self.evaluations += evaluations
         self.seconds += seconds
-        if later:
-            self.later += 1
-            self.later_seconds += seconds
 
     @property
     def frames_per_minute(self) -> float:
@@ -185,7 +179,7 @@ class VideoJob:
             self.write_frame(i, out)
             elapsed = time.perf_counter() - t0
             t0 += elapsed
-            stats.add(elapsed, result.evaluations, later=self.video.temporal and i > 0)
+            stats.add(elapsed, result.evaluations)
         # A container can claim more frames than its stream holds: the clip ends where decoding does.
         self.frames = min(self.frames, seen)
         return stats

@@ -14,38 +14,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..runtime.image_io import to_nchw
 from ..runtime.settings import RunSettings
-from .flow import FlowConfig, consistency, opencv, to_gray8, warp
+from .flow import consistency, opencv, to_gray8, warp
 
 if TYPE_CHECKING:
     from ..runtime.stylizer import Stylizer
 
 
-@dataclass(frozen=True)
-class FarnebackConfig:
-    """cv2.calcOpticalFlowFarneback's parameters for the metric's flow (OpenCV's documented
-    example values, with a 15 px window that holds at 128-512 px frame sizes)."""
-
-    pyr_scale: float = 0.5
-    levels: int = 4
-    winsize: int = 15
-    iterations: int = 3
-    poly_n: int = 5
-    poly_sigma: float = 1.2
+# cv2.calcOpticalFlowFarneback's parameters for the metric's flow (OpenCV's documented example
+# values, with a 15 px window that holds at 128-512 px frame sizes): pyr_scale, levels, winsize,
+# iterations, poly_n, poly_sigma.
+FARNEBACK = (0.5, 4, 15, 3, 5, 1.2)
 
 
-def farneback(source: np.ndarray, target: np.ndarray, config: FarnebackConfig = FarnebackConfig()) -> np.ndarray:
+def farneback(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Dense flow from ``source`` to ``target`` (RGB float in [0,1]), HxWx2 float32."""
-    c = config
     a, b = to_gray8(source), to_gray8(target)
-    flow = np.zeros((*a.shape, 2), np.float32)
-    flow = opencv().calcOpticalFlowFarneback(a, b, flow, c.pyr_scale, c.levels, c.winsize, c.iterations, c.poly_n, c.poly_sigma, 0)
+    flow = opencv().calcOpticalFlowFarneback(a, b, np.zeros((*a.shape, 2), np.float32), *FARNEBACK, 0)
     return np.asarray(flow, np.float32)
 
 
@@ -53,7 +43,7 @@ def metric_motion(previous: np.ndarray, current: np.ndarray) -> tuple[np.ndarray
     """(backward flow, reliability mask) between two input frames, for the warping error."""
     backward = farneback(current, previous)
     forward = farneback(previous, current)
-    return backward, consistency(backward, forward, FlowConfig())
+    return backward, consistency(backward, forward)
 
 
 def warping_error(previous_out: np.ndarray, current_out: np.ndarray, backward: np.ndarray, mask: np.ndarray) -> float:

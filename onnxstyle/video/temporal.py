@@ -8,7 +8,6 @@ image, later frames need fewer evaluations than the first.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -42,9 +41,6 @@ class VideoSettings:
         if self.later_iterations is not None and self.later_iterations < 1:
             raise ValueError("later iterations must be at least 1")
 
-    def replace(self, **changes: object) -> "VideoSettings":
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
-
 
 @dataclass(frozen=True)
 class Previous:
@@ -74,30 +70,6 @@ def frame_settings(run: RunSettings, video: VideoSettings, first: bool) -> RunSe
     return run.replace(iterations=later, scales=None, scale_iterations=None, coarse_to_fine_above=0, init="image")
 
 
-def temporal_inputs(previous: Previous, content: np.ndarray, config: FlowConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(the previous output warped to this frame, Ruder's per-pixel weight map c)."""
-    m = motion(previous.content, content, config)
-    return warp(previous.output, m.backward), m.weights
-
-
-def stylize_frame(
-    stylizer: Stylizer,
-    content: np.ndarray,
-    styles: Sequence[np.ndarray],
-    run: RunSettings,
-    video: VideoSettings,
-    previous: Previous | None,
-    callback: Callable[[Iterate], None] | None = None,
-) -> Result:
-    """One frame. Ctrl-C leaves as :class:`~onnxstyle.errors.Interrupted` (nothing kept of
-    the frame: a resumed run redoes it whole)."""
-    settings = frame_settings(run, video, first=previous is None)
-    if previous is None or not video.temporal:
-        return stylizer.run(content, list(styles), settings, callback)
-    target, weights = temporal_inputs(previous, content, video.flow)
-    return stylizer.run(content, list(styles), settings, callback, init_image=target, temporal=(target, weights))
-
-
 def stylize_frames(
     stylizer: Stylizer,
     frames: Iterable[tuple[int, np.ndarray, Callable[[], np.ndarray] | None]],
@@ -113,7 +85,8 @@ def stylize_frames(
     ``frames`` gives (index, input frame, loader of its output if already made, else None):
     a frame already made (a resumed run) is not redone, and its output is loaded only when
     the next frame needs it as its previous one. ``previous`` seeds the first frame given
-    (a chunk that starts inside a clip)."""
+    (a chunk that starts inside a clip). Ctrl-C leaves as :class:`~onnxstyle.errors.Interrupted`
+    (nothing kept of the frame in progress: a resumed run redoes it whole)."""
     if video.temporal:
         opencv()  # missing: say so before the first frame's minutes, not after them
     made: tuple[np.ndarray, Callable[[], np.ndarray]] | None = None
@@ -128,7 +101,13 @@ def stylize_frames(
             if progress is not None:
                 progress(FrameIterate(index, total, it))
 
-        result = stylize_frame(stylizer, content, styles, run, video, previous, cb)
+        settings = frame_settings(run, video, first=previous is None)
+        if previous is None or not video.temporal:
+            result = stylizer.run(content, list(styles), settings, cb)
+        else:  # the previous output warped to this frame, and Ruder's per-pixel weight map c
+            m = motion(previous.content, content, video.flow)
+            target = warp(previous.output, m.backward)
+            result = stylizer.run(content, list(styles), settings, cb, init_image=target, temporal=(target, m.weights))
         out = from_nchw(result.image)
         previous = Previous(content, out)
         if progress is not None:

@@ -43,15 +43,9 @@ def split_cores(cores: int, items: int, workers: int | None = None, threads: int
     one (benchmarks/batch.py compares local:2x1 with local:1x2). Never more workers than
     items, nor than fit in memory.
     """
-    cap = max(1, min(items or 1, memory_cap or cores))
-    if workers is not None and threads is not None:
-        return Split(workers, threads)
-    if workers is not None:
-        return Split(workers, max(1, cores // workers))
-    if threads is not None:
-        return Split(max(1, min(cap, cores // threads)), threads)
-    w = max(1, min(cores, cap))
-    return Split(w, max(1, cores // w))
+    if workers is None:
+        workers = max(1, min(items or 1, memory_cap or cores, cores // threads if threads is not None else cores))
+    return Split(workers, threads if threads is not None else max(1, cores // workers))
 
 
 # ---- local processes ------------------------------------------------------------------------
@@ -130,14 +124,6 @@ class LocalWorkers:
 
 
 # ---- Ray ------------------------------------------------------------------------------------
-def import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise MissingDependencyError("--ray needs Ray: pip install 'onnxstyle[ray]'") from None
-    return ray
-
-
 class RayWorkers:
     """Ray actors, each a warm :class:`Worker` with ``num_cpus`` = its engine's threads.
 
@@ -152,7 +138,11 @@ class RayWorkers:
         self, spec: WorkerSpec, threads: int, workers: int | None, address: str | None = None, ship: bool | None = None,
         timeout: float = ray_address.DEFAULT_TIMEOUT, verbose: bool = False,
     ) -> None:
-        self.ray = import_ray()
+        try:
+            import ray
+        except ImportError:
+            raise MissingDependencyError("--ray needs Ray: pip install 'onnxstyle[ray]'") from None
+        self.ray = ray
         self.started = False
         if not self.ray.is_initialized():
             self.started = _init_ray(self.ray, ray_address.resolve(address), timeout, verbose)
