@@ -26,7 +26,7 @@ from ..layers import LAYER_CHANNELS
 from ..exportdir import FORMAT_VERSION, ExportSettings, export_key, file_sha256
 from .graphs import OPSET, Weights, build_features, build_loss_grad, build_tile_grad
 from .storage import round_to, save_graph, write_shared
-from .validate import DEFAULT_SIZES, SizeReport, validate_export
+from .validate import DEFAULT_SIZES, SizeReport, selfcheck_record, validate_export
 
 
 @dataclass
@@ -133,12 +133,16 @@ def export(
             save_graph(model, tmp / name)
             files[name] = {"bytes": (tmp / name).stat().st_size, "sha256": file_sha256(str(tmp / name))}
         manifest["files"] = files
+        reference = VGG19(w, last=spec.deepest, pooling=spec.pooling).eval() if validate else None
+        record = selfcheck_record(reference, spec) if reference is not None else None
+        if record is not None:  # what the models check holds each machine's engine to (runtime/selfcheck.py)
+            manifest["selfcheck"] = record
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         reports: list[SizeReport] = []
         if validate:
             say("validating against torch autograd at " + ", ".join(f"{h}x{w_}" for h, w_ in sizes))
-            model = VGG19(w, last=spec.deepest, pooling=spec.pooling).eval()
-            reports = validate_export(tmp, model, spec, sizes)
+            assert reference is not None
+            reports = validate_export(tmp, reference, spec, sizes)
             bad = [c for r in reports for c in r.failures()]
             if bad:
                 raise ExportError(f"export failed validation ({len(bad)} outputs): " + "; ".join(c.line() for c in bad))

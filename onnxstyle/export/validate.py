@@ -275,7 +275,7 @@ def _other_backends(folder: Path, model: VGG19, spec: LossSpec, h: int, w: int, 
     image = np.clip(content + 0.05 * rng.standard_normal(content.shape).astype(np.float32), 0.02, 0.98)
     checks = []
     for precision in ("fp32", "bf16") if bf16 else ("fp32",):
-        engine = Engine(folder, EngineConfig(device="openvino", precision=precision))
+        engine = Engine(folder, EngineConfig(device="openvino", precision=precision), check=False)  # held to more here
         ct, st = engine.features(content), engine.features(style)
         feeds = {k: v for k, v in ct.items() if k.startswith("content_")}
         feeds.update({k: v for k, v in st.items() if k.startswith("gram_")})
@@ -295,6 +295,67 @@ def _other_backends(folder: Path, model: VGG19, spec: LossSpec, h: int, w: int, 
             c.limits = limits
             checks.append(c)
     return checks
+
+
+# The models check's record: its reference's emulated bf16 draws, fewer than validation's (about
+# 0.3 s each at 64x48 on 2 quiet cores).
+SELFCHECK_DRAWS = 4
+# A ReLU and max-pool network's gradient is discontinuous: where two engines round differently in
+# fp32, one may cross a near-tie that the other does not and move one unit's share of the gradient.
+# Measured on the check's problem (caffe weights): onnxruntime against torch was 1e-5 of the
+# gradient on 11 of 13 seeds and 0.9e-3 and 2.5e-3 (one flipped near-tie) on two; torch's own
+# gradient moved by that much under 1e-6 nudges of the image on half the seeds, and by 2e-3 to
+# 3e-2 under 1e-5 nudges (several). The gradient's limit is the fp32 tolerance but never under
+# what SELFCHECK_ROUGH_DRAWS nudges of SELFCHECK_ROUGH do to the reference's own gradient here: an
+# engine's fp32 rounding is far below that change of the image, while a wrong backward kernel moves
+# the gradient by far more with the loss unchanged (x1.2 on conv4_1's or conv5_1's: 0.20 and 0.15
+# of its norm; x1.05 on conv2_1's: 0.05).
+SELFCHECK_ROUGH = 1e-5
+SELFCHECK_ROUGH_DRAWS = 3
+
+
+def selfcheck_record(model: VGG19, spec: LossSpec) -> dict[str, Any] | None:
+    """What every machine's engine is checked against before its first run (runtime/selfcheck.py):
+    torch autograd's loss and a digest of its gradient on the check's fixed problem, the fp32
+    tolerances validation uses (the gradient's widened to its own roughness, SELFCHECK_ROUGH), and
+    the reference's own bf16 draws there with the rule's slack, from which a reduced precision's
+    limits are derived. None where the reference itself is not finite (weights out of range):
+    there is nothing to hold an engine to."""
+    import dataclasses
+
+    from ..runtime import selfcheck as sc
+
+    p = sc.problem()
+    h, w = p.size
+    with torch.no_grad():
+        ct = reference_features(model, spec, torch.from_numpy(p.content))
+        st = reference_features(model, spec, torch.from_numpy(p.style))
+    targets = {k: v for k, v in ct.items() if k.startswith("content_")}
+    targets.update({k: v for k, v in st.items() if k.startswith("gram_")})
+    if spec.guided:
+        targets["guide"] = torch.ones(1, 1, h, w)
+    if spec.temporal:
+        targets.update({k: torch.from_numpy(v) for k, v in no_temporal_inputs(h, w).items()})
+    loss, grad, _ = reference_loss_and_grad(model, spec, torch.from_numpy(p.image), targets)
+    g = grad.numpy()
+    if not (np.isfinite(loss) and np.isfinite(g).all() and np.abs(g).max() > 0):
+        return None
+    digest = sc.digest(g)
+    rough = 0.0
+    for i in range(SELFCHECK_ROUGH_DRAWS):
+        _, moved, _ = reference_loss_and_grad(model, spec, torch.from_numpy(p.nudged(i, SELFCHECK_ROUGH)), targets)
+        rough = max(rough, sc.digest_error(sc.digest(moved.numpy()), digest))
+    tolerance = {"fp32": LIMITS["fp32"][0], "openvino fp32": LIMITS["openvino fp32"][0]}
+    # The emulated draws alone: autocast's is this CPU's torch kernels (and slow where the CPU
+    # has no bf16), the emulation the same everywhere; it bounds the engines that validation saw.
+    draws = _bf16_draws(model, spec, p.image, targets, loss, g, count=SELFCHECK_DRAWS, autocast=False)
+    return {
+        "version": sc.VERSION, "generator": sc.GENERATOR, "seed": sc.SEED, "size": [h, w],
+        "reference": f"torch {torch.__version__} autograd, fp32",
+        "loss": float(loss), "grad": digest, "tolerance": tolerance, "roughness": rough,
+        "grad_tolerance": {k: max(t, rough) for k, t in tolerance.items()},
+        "bf16_draws": [dataclasses.asdict(d) for d in draws], "slack": BF16_SLACK, "loss_slack": BF16_LOSS_SLACK,
+    }
 
 
 @dataclass(frozen=True)
@@ -327,13 +388,16 @@ def _bf16_limits(
 
 def _bf16_draws(
     model: VGG19, spec: LossSpec, image: np.ndarray, targets: dict[str, torch.Tensor], ref_loss: float, ref_grad: np.ndarray,
-    count: int = BF16_DRAWS,
+    count: int = BF16_DRAWS, autocast: bool = True,
 ) -> list[Bf16Draw]:
-    """The reference under torch autocast (torch's own bf16 kernels on this CPU), and ``count``
-    runs with every tensor stored in bf16 (:class:`Bf16Storage`), each against fp32 on its image."""
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss16, grad16, _ = reference_loss_and_grad(model, spec, torch.from_numpy(image), targets)
-    draws = [_draw(loss16, grad16, ref_loss, ref_grad)]
+    """The reference under torch autocast (torch's own bf16 kernels on this CPU; not with
+    ``autocast`` False), and ``count`` runs with every tensor stored in bf16 (:class:`Bf16Storage`),
+    each against fp32 on its image."""
+    draws = []
+    if autocast:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss16, grad16, _ = reference_loss_and_grad(model, spec, torch.from_numpy(image), targets)
+        draws.append(_draw(loss16, grad16, ref_loss, ref_grad))
     rng = np.random.default_rng(0)
     for i in range(count):
         x = image if i == 0 else np.clip(image + BF16_NUDGE * rng.standard_normal(image.shape), 0, 1).astype(np.float32)

@@ -18,6 +18,10 @@ batch and serve share the cache, OpenVINO fails when two processes write one ``C
 at once, and a blob is never deleted while another process is reading it. An evicted or
 unreadable blob only means a recompile; a cache that cannot be written means running
 uncached. Neither is an error.
+
+``compiled/selfcheck/`` holds the models check's verdicts (runtime/selfcheck.py), one small JSON
+per export, engine, precision and CPU: evicted like any file (then checked again), and emptied by
+``onnxstyle cache clear``.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,6 +187,9 @@ def compiling(key: CacheKey, shape: str, cap: int | None = None) -> Iterator[Pat
     the caller then runs uncached.
     """
     limit = max_bytes() if cap is None else cap  # a bad ONNXSTYLE_CACHE_MAX fails before compiling
+    if _UNCACHED.get():
+        yield None
+        return
     root = compiled_root()
     folder = root / key.folder_name()
     lock = _locked(root, folder, key)
@@ -196,6 +205,80 @@ def compiling(key: CacheKey, shape: str, cap: int | None = None) -> Iterator[Pat
         evict(limit, root)
     finally:
         lock.release()
+
+
+_UNCACHED: ContextVar[bool] = ContextVar("onnxstyle_uncached", default=False)
+
+
+@contextmanager
+def uncached(on: bool = True) -> Iterator[None]:
+    """Compiles in this block (of this thread) are not cached: the models check's problem size,
+    compiled once per machine, would otherwise hold 200 MB of blobs no run loads again."""
+    token = _UNCACHED.set(on)
+    try:
+        yield
+    finally:
+        _UNCACHED.reset(token)
+
+
+# ---- the models check's verdicts (runtime/selfcheck.py): tiny, beside the blobs ------------------
+VERDICTS = "selfcheck"
+
+
+def verdict_path(key: dict[str, Any]) -> Path:
+    """``compiled/selfcheck/<engine>-<precision>-<hash>.json``; the hash covers ``key`` and the
+    CPU's instruction set, so a cache shared by two machines holds a verdict for each."""
+    blob = json.dumps({**key, "cpu": cpu_signature()}, sort_keys=True).encode()
+    name = f"{key.get('engine', 'engine')}-{key.get('precision', 'any')}-{hashlib.sha256(blob).hexdigest()[:16]}.json"
+    return compiled_root() / VERDICTS / name
+
+
+def read_verdict(key: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored verdict for ``key``, marked used (the cache evicts the least recently used
+    file first); None where there is none or it does not read."""
+    path = verdict_path(key)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("key") != json.loads(json.dumps(key)) or not isinstance(data.get("verdict"), dict):
+        return None
+    touch([path])
+    return data["verdict"]
+
+
+def write_verdict(key: dict[str, Any], verdict: dict[str, Any]) -> bool:
+    """Store a verdict (whole or not at all); False where the cache cannot be written."""
+    path = verdict_path(key)
+    root = compiled_root()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with cache_lock(root):  # eviction drops emptied folders under the lock
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".verdict-", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    json.dump({"key": key, "cpu": cpu_signature(), "verdict": verdict}, f, indent=1, sort_keys=True)
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+    except OSError:
+        return False
+    return True
+
+
+def log_verdict(verdict: dict[str, Any], seconds: float) -> None:
+    """The check's line in ``$ONNXSTYLE_CACHE_LOG``, shaped as a load's (nothing compiled)."""
+    path = os.environ.get(ENV_LOG)
+    if not path:
+        return
+    event = {"folder": VERDICTS, "shape": "check", "compiled": False, "files": [], "seconds": round(seconds, 4), "selfcheck": verdict}
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(event, default=str) + "\n")
+    except OSError:
+        pass
 
 
 def _log_event(folder: Path, shape: str, wrote: list[str], seconds: float) -> None:

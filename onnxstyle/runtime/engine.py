@@ -58,7 +58,9 @@ def resolve_shape(shape: list[Any], height: int, width: int, regions: int) -> tu
 class Engine:
     """Both graphs of one export, run by one backend, with sessions kept warm across images."""
 
-    def __init__(self, models: Path, config: EngineConfig | None = None, fix_hint: str = "onnxstyle export") -> None:
+    def __init__(
+        self, models: Path, config: EngineConfig | None = None, fix_hint: str = "onnxstyle export", check: bool = True
+    ) -> None:
         self.config = config or EngineConfig()
         self.folder = Path(models)
         self.fix_hint = fix_hint
@@ -72,6 +74,11 @@ class Engine:
         # Format 3 graphs take a temporal target and weight map (video); zeros switch it off.
         self.temporal = "temporal_target" in lg_inputs
         self._features_guided = any(i["name"] == "guide" for i in self.manifest.inputs(FEATURES))
+        # The models check (runtime/selfcheck.py), before the first evaluation at the engine's
+        # precision; ``check`` False: the export's own validation, which holds it to more.
+        self._checking = not check
+        self.checked: Any = None  # its verdict, once run (None: not yet, or switched off)
+        self._checked = False
 
     @property
     def provider(self) -> str:
@@ -82,10 +89,28 @@ class Engine:
     def threads(self) -> int:
         return self.choice.threads
 
+    def self_check(self) -> Any:
+        """Check this export on this engine once per machine, engine and precision (a stored
+        verdict, else a 64x48 problem run in fp32 and at the engine's precision); an ``auto``
+        precision that fails becomes fp32 here. Runs by itself before the first evaluation that
+        is not an fp32 target; call it earlier to plan with the precision that will run."""
+        if not (self._checked or self._checking):
+            from .selfcheck import ensure
+
+            self._checking = True
+            try:
+                self.checked = ensure(self)
+                self._checked = True
+            finally:
+                self._checking = False
+        return self.checked
+
     def _runner(self, graph: str, height: int, width: int, regions: int, exact: bool = False, dynamic: bool = False) -> GraphRunner:
         """A warm runner; ``exact``: fp32 whatever the engine's precision (the targets);
         ``dynamic``: one runner for every size (tiles come in several sizes)."""
         self._check_size(height, width)
+        if not self._checked and (graph != FEATURES or not exact):
+            self.self_check()
         choice = self.choice
         if exact and choice.precision != "fp32":
             choice = dataclasses.replace(choice, precision="fp32")
@@ -140,8 +165,9 @@ class Engine:
         return {k: np.array(v, copy=True) for k, v in out.items()}
 
     def loss_grad(
-        self, image: np.ndarray, targets: dict[str, np.ndarray], weights: dict[str, float] | None = None
+        self, image: np.ndarray, targets: dict[str, np.ndarray], weights: dict[str, float] | None = None, exact: bool = False
     ) -> LossGrad:
+        """The loss, its terms and its gradient at the engine's precision (``exact``: fp32)."""
         _, _, h, w = image.shape
         feeds: dict[str, Any] = {"image": _f32(image), **targets}
         if self.temporal and "temporal_target" not in feeds:
@@ -151,7 +177,7 @@ class Engine:
                 raise ModelsError(f"the export has no weight input {k!r}; it has {sorted(self.weight_defaults)}")
             feeds[k] = np.array(v, np.float32)
         regions = targets["guide"].shape[0] if "guide" in targets else 1
-        runner = self._runner(LOSS_GRAD, h, w, regions)
+        runner = self._runner(LOSS_GRAD, h, w, regions, exact)
         res = runner.run(feeds, runner.output_names)
         terms = {k: float(v) for k, v in res.items() if k.startswith("loss_")}
         return LossGrad(float(res["loss"]), res["grad"], terms)
