@@ -1,6 +1,7 @@
-"""The package's layers, read from its import statements (those inside functions too): no
-cycle anywhere, no import that climbs from a lower layer to a higher one, and no command that
-imports another command. Beside test_no_torch.py, which guards the torch boundary."""
+"""The package's layers, read from its import statements (those inside functions too; not those
+under ``if TYPE_CHECKING``, which never run): no cycle anywhere, no import that climbs from a
+lower layer to a higher one, and no command that imports another command. Beside
+test_no_torch.py, which guards the torch boundary."""
 
 from __future__ import annotations
 
@@ -39,7 +40,12 @@ def _imports(path: Path) -> set[str]:
     if path == PKG / "__init__.py":
         package = []
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING")
+                   for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in typing_only:  # annotations only: never executed, so no edge of the running graph
+            continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
