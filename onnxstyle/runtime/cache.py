@@ -63,7 +63,7 @@ def compiled_root() -> Path:
 
 def max_bytes(text: str | None = None) -> int:
     """The cap: ``text`` ('2G', '500M', bytes), else ``$ONNXSTYLE_CACHE_MAX``, else 2 GiB."""
-    from .memory import parse_size
+    from .settings import parse_size
 
     raw = text if text is not None else os.environ.get(ENV_MAX)
     if raw is None or not raw.strip():
