@@ -89,10 +89,8 @@ class Manifest:
 
     @property
     def spec(self) -> LossSpec:
-        d = dict(self.data["spec"])
         # Version 1 knew no guides: its graphs are the plain form.
-        d.setdefault("guided", False)
-        return LossSpec.from_dict(d)
+        return LossSpec.from_dict({"guided": False, **self.data["spec"]})
 
     @property
     def weight_defaults(self) -> dict[str, float]:
@@ -173,11 +171,8 @@ def check_matches(m: Manifest, fix: str, preset: str | None = None, pooling: str
         raise ModelsError(f"{m.folder} uses {spec.pooling} pooling, not {pooling}; re-export with: {fix}")
     if weights is not None:
         source = w.get("source", "")
-        if weights in ("caffe", "torchvision"):
-            ok = source == weights
-        else:
-            ok = Path(weights).is_file() and file_sha256(weights) == w.get("sha256")
-        if not ok:
+        named = weights in ("caffe", "torchvision")
+        if not (source == weights if named else Path(weights).is_file() and file_sha256(weights) == w.get("sha256")):
             raise ModelsError(
                 f"{m.folder} was exported from {source} weights (sha256 {str(w.get('sha256'))[:16]}…), not {weights}; "
                 f"re-export with: {fix}"

@@ -43,12 +43,10 @@ class Preprocessing:
 
     def affine(self) -> tuple[np.ndarray, np.ndarray]:
         """(M [3,3], b [3]) with x_model = M @ x_rgb01 + b, per pixel."""
+        std = np.asarray(self.std, np.float64)
         m = np.zeros((3, 3), np.float64)
-        b = np.zeros(3, np.float64)
-        for c in range(3):
-            m[c, self.order[c]] = self.scale / self.std[c]
-            b[c] = -self.mean[c] / self.std[c]
-        return m.astype(np.float32), b.astype(np.float32)
+        m[np.arange(3), self.order] = self.scale / std
+        return m.astype(np.float32), (-np.asarray(self.mean, np.float64) / std).astype(np.float32)
 
 
 CAFFE = Preprocessing((2, 1, 0), 255.0, (103.939, 116.779, 123.68), (1.0, 1.0, 1.0),
@@ -132,19 +130,14 @@ def load_torchvision(path: str | None = None) -> VGGWeights:
             f"torchvision weights not found at {path}: copy {TORCHVISION_FILE} there or pass --weights PATH"
         )
     state = _torch_load(path)
-    convs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    missing = []
-    for name, idx in zip(CONV_NAMES, TORCHVISION_CONV_INDEX):
-        wk, bk = f"features.{idx}.weight", f"features.{idx}.bias"
-        if wk not in state or bk not in state:
-            missing += [k for k in (wk, bk) if k not in state]
-            continue
-        convs[name] = (state[wk].float().numpy(), state[bk].float().numpy())
+    keys = [(f"features.{i}.weight", f"features.{i}.bias") for i in TORCHVISION_CONV_INDEX]
+    missing = [k for pair in keys for k in pair if k not in state]
     if missing:
         raise WeightsError(f"{path}: missing keys {missing[:4]} of a torchvision VGG19 state dict")
     extra = [k for k in state if k.startswith("features.") and int(k.split(".")[1]) not in TORCHVISION_CONV_INDEX]
     if extra:
         raise WeightsError(f"{path}: unexpected keys {extra[:4]}: not a VGG19 features state dict")
+    convs = {name: (state[wk].float().numpy(), state[bk].float().numpy()) for name, (wk, bk) in zip(CONV_NAMES, keys)}
     _check_shapes(convs, path)
     return VGGWeights(convs, TORCHVISION, "torchvision", path, file_sha256(path))
 

@@ -109,6 +109,8 @@ class OpenVinoRunner:
         core: Any, model: Any, choice: Any, folder: Path, graph: str, shapes: dict[str, tuple[int, ...]] | None
     ) -> tuple[list[str], Any]:
         """(output names, compiled model): compiled with our settings, through the compiled cache."""
+        import openvino as ov
+
         precision = "bf16" if choice.precision == "bf16" else "f32"
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": precision,
@@ -125,11 +127,8 @@ class OpenVinoRunner:
         # Under the cache's lock: two processes compiling into one CACHE_DIR at once fail in
         # OpenVINO ("cannot set permissions"), and no blob is evicted while being read.
         # The thread count is in OpenVINO's blob hash: another count is another blob.
-        what = f"{cache.shape_name(shapes)};threads={int(choice.threads)}"
-        import openvino as ov
-
         key = cache.CacheKey(cache.export_identity(folder, graph), "openvino", ov.__version__, precision)
-        with cache.compiling(key, what) as cache_dir:
+        with cache.compiling(key, f"{cache.shape_name(shapes)};threads={int(choice.threads)}") as cache_dir:
             if cache_dir is not None:
                 config["CACHE_DIR"] = str(cache_dir)
             return names, core.compile_model(model, "CPU", config)

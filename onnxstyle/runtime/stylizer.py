@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -297,8 +298,7 @@ class Stylizer:
         last = results[-1]
         image = last.image
         if s.preserve_color == "luminance":
-            rgb = recombine_luminance(from_nchw(image), resize_to(content, image.shape[2], image.shape[3]))
-            image = to_nchw(rgb)
+            image = to_nchw(recombine_luminance(from_nchw(image), resize_to(content, image.shape[2], image.shape[3])))
         return Result(
             image,
             last.loss,
@@ -312,9 +312,8 @@ class Stylizer:
             _first_switch(results),
         )
 
-    def _objective(self, targets: dict[str, np.ndarray], s: RunSettings, hook: ObjectiveHook | None, engine: Engine | None = None) -> Objective:
+    def _objective(self, targets: dict[str, np.ndarray], s: RunSettings, hook: ObjectiveHook | None, engine: Engine) -> Objective:
         weights = s.weights()
-        engine = engine or self.engine
 
         def objective(x: np.ndarray) -> tuple[float, np.ndarray, dict[str, float]]:
             r = engine.loss_grad(x, targets, weights)
@@ -383,12 +382,8 @@ def _carried(
 
 def _first_switch(results: list[Result]) -> int | None:
     """The run-wide evaluation at which a stage first went on in fp32."""
-    offset = 0
-    for r in results:
-        if r.precision_switch is not None:
-            return offset + r.precision_switch
-        offset += r.evaluations
-    return None
+    starts = itertools.accumulate((r.evaluations for r in results), initial=0)
+    return next((start + r.precision_switch for start, r in zip(starts, results) if r.precision_switch is not None), None)
 
 
 class PrecisionFallback:

@@ -106,9 +106,7 @@ def consistency(backward: np.ndarray, forward: np.ndarray, config: FlowConfig = 
     total = fwd_warped + backward
     sq = lambda f: (f**2).sum(axis=-1)  # noqa: E731
     disoccluded = sq(total) > config.occlusion_a * (sq(fwd_warped) + sq(backward)) + config.occlusion_b
-    du = np.gradient(backward[..., 0])
-    dv = np.gradient(backward[..., 1])
-    grad_sq = du[0] ** 2 + du[1] ** 2 + dv[0] ** 2 + dv[1] ** 2
+    grad_sq = sum(d**2 for c in (0, 1) for d in np.gradient(backward[..., c]))  # |∇û|² + |∇v̂|²
     boundary = grad_sq > config.boundary_a * sq(backward) + config.boundary_b
     reliable = ~disoccluded & ~boundary & inside(backward)
     return reliable.astype(np.float32)
