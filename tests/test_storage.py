@@ -79,7 +79,12 @@ def fp16_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]: 
 def test_fp16_storage_validates_and_costs_little(fp16_export, caffe_export: Path) -> None:  # type: ignore[no-untyped-def]
     folder, reports = fp16_export
     # Validated against autograd on the rounded kernels, every output, to fp32 limits.
-    assert reports and all(r.ok() for r in reports) and all(len(r.checks) >= 30 for r in reports)
+    # Every output on onnxruntime (26), loss and gradient on OpenVINO fp32 (2), and in bf16 (2)
+    # where the CPU computes it natively.
+    from onnxstyle.runtime.backends import available_backends
+
+    expected = 28 + (2 if available_backends().bf16_native else 0)
+    assert reports and all(r.ok() for r in reports) and all(len(r.checks) >= expected for r in reports)
     sizes = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert sizes <= 32e6
     manifest = json.loads((folder / "manifest.json").read_text())
