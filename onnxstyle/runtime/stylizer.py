@@ -111,6 +111,11 @@ class Stylizer:
         )
         plan = self.plan(content.shape[:2], s, held, [st.shape[:2] for st in styles])
         check_plan(plan)
+        before = self.engine.choice.precision
+        self.engine.self_check()  # after the plan: a size it refuses compiles nothing
+        if self.engine.choice.precision != before:  # auto fell back to fp32: plan what will run
+            plan = self.plan(content.shape[:2], s, held, [st.shape[:2] for st in styles])
+            check_plan(plan)
 
         # Colour (Gatys et al. 2017): optimize luminance only, or recolour the styles first.
         work_content = content
