@@ -184,6 +184,26 @@ def test_a_tampered_record_is_an_fp32_mismatch(caffe_export: Path, fresh: None, 
             Engine(folder, config).self_check()
 
 
+def test_the_cli_refuses_a_copy_that_computes_wrong_in_one_line(caffe_export: Path, fresh: None, tmp_path: Path) -> None:
+    """The check is on for every command: stylize from a copy whose record says another loss
+    ends with exit 8 and one line, before any image is written."""
+    import subprocess
+    import sys
+
+    from helpers import DATA, cli_env
+
+    def tamper(m: dict) -> None:  # type: ignore[type-arg]
+        m["selfcheck"]["loss"] *= 1.05
+
+    folder, out = _copy(caffe_export, tmp_path, tamper), tmp_path / "o.png"
+    r = subprocess.run([sys.executable, "-m", "onnxstyle.cli", "stylize", str(DATA / "tubingen.png"), str(DATA / "starry_night.png"),
+                        "-o", str(out), "--models", str(folder), "--size", "48", "--iterations", "2", "--device", "cpu", "-q"],
+                       capture_output=True, text=True, env=cli_env(tmp_path / "cache"), timeout=300)
+    assert r.returncode == 8, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "does not compute this models folder as exported" in r.stderr
+    assert not out.exists()
+
+
 def test_a_corrupt_copy_is_the_folders_fault(caffe_export: Path, fresh: None, tmp_path: Path) -> None:
     folder = _copy(caffe_export, tmp_path)
     weights = folder / "weights.bin"
@@ -273,6 +293,7 @@ def test_an_unwritable_cache_checks_every_time_and_runs(caffe_export: Path, tmp_
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder would be")
     monkeypatch.setenv("ONNXSTYLE_CACHE", str(blocker))
+    monkeypatch.delenv(sc.ENV, raising=False)
     for n in (1, 2):
         engine = Engine(caffe_export, ORT_FP32)
         assert _problem_loss(engine) == pytest.approx(_record(caffe_export)["loss"], rel=sc.FP32_TOL["fp32"])

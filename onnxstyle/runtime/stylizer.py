@@ -106,16 +106,7 @@ class Stylizer:
             s = s.replace(shape_grid=False)  # a video's frames share one shape already
         masks = list(masks) if masks else []
         self._check_inputs(styles, masks)
-        held = inputs_bytes(
-            content.shape[:2], [st.shape[:2] for st in styles], [m.shape[:2] for m in masks], init_image is not None, s.preserve_color
-        )
-        plan = self.plan(content.shape[:2], s, held, [st.shape[:2] for st in styles])
-        check_plan(plan)
-        before = self.engine.choice.precision
-        self.engine.self_check()  # after the plan: a size it refuses compiles nothing
-        if self.engine.choice.precision != before:  # auto fell back to fp32: plan what will run
-            plan = self.plan(content.shape[:2], s, held, [st.shape[:2] for st in styles])
-            check_plan(plan)
+        plan = self._checked_plan(content, styles, masks, init_image is not None, s)
 
         # Colour (Gatys et al. 2017): optimize luminance only, or recolour the styles first.
         work_content = content
@@ -165,6 +156,19 @@ class Stylizer:
         except KeyboardInterrupt as e:  # before the first evaluation of a stage
             raise Interrupted(self._finish(results, s, content) if results else None, e) from e
         return self._finish(results, s, content)
+
+    def _checked_plan(self, content: np.ndarray, styles: Sequence[np.ndarray], masks: list[np.ndarray], init: bool, s: RunSettings) -> RunPlan:
+        """The run's plan, refused if it cannot fit; the models check right after it (a size the
+        plan refuses compiles nothing), and the plan again if auto precision fell back to fp32."""
+        held = inputs_bytes(content.shape[:2], [st.shape[:2] for st in styles], [m.shape[:2] for m in masks], init, s.preserve_color)
+        for _ in range(2):
+            plan = self.plan(content.shape[:2], s, held, [st.shape[:2] for st in styles])
+            check_plan(plan)
+            before = self.engine.choice.precision
+            self.engine.self_check()
+            if self.engine.choice.precision == before:
+                break
+        return plan
 
     def plan(
         self, content_hw: tuple[int, int], settings: RunSettings, inputs: int | None = None, styles: Sequence[tuple[int, int]] = ()
