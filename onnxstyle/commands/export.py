@@ -38,7 +38,7 @@ def export(
     weights_dtype: Annotated[choice(("fp32", "fp16")), typer.Option(help="how weights.bin stores the conv kernels: fp32 (52 MB) or fp16 (26 MB)")
     ] = "fp32",
 ) -> None:
-    """Export VGG19 features and the loss gradient to ONNX (needs torch: pip install 'onnxstyle[export]').
+    r"""Export VGG19 features and the loss gradient to ONNX (needs torch: pip install 'onnxstyle\[export]').
 
     One export serves every command and control, masks included."""
     from ..autoexport import torch_available
