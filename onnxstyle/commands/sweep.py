@@ -24,7 +24,7 @@ from .options import EXIT_FAULTS, EXIT_INTERRUPTED, EXIT_USAGE, Common, command,
 VARIED = ("style_weight", "content_weight", "tv_weight", "init", "seed", "iterations", "size", "style_scale", "optimizer",
           "adam_lr", "preserve_color")
 VARYABLE: dict[str, tuple[str, type]] = {
-    **{(knobs()[n].metadata["knob"]["flag"] or n).replace("_", "-"): (n, scalar_type(knobs()[n])) for n in VARIED},
+    **{(f.metadata["knob"]["flag"] or f.name).replace("_", "-"): (f.name, scalar_type(f)) for f in map(knobs().__getitem__, VARIED)},
     "preset": ("preset", str), "pooling": ("pooling", str),
 }
 PANEL_SIZE = 256  # a sheet of panels: each small enough that a 3×3 grid takes minutes, not hours

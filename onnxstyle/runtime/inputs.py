@@ -81,10 +81,10 @@ def load(
     styles' labels in messages (bytes have no path); ``style_rgbs``: styles decoded already
     (a batch decodes them once for every item)."""
     labels = list(names or [])
-    label = labels[0] if labels else None
-    head = header(content, label, max_pixels)
-    hw = output_size(head, settings)
-    rgb, alpha = decode(content, max(hw), label, max_pixels)
+    label = labels[0] if labels else (None if isinstance(content, bytes) else content)
+    data = _data(content)  # read once: the header and the decode both need it
+    hw = output_size(header(data, label, max_pixels), settings)
+    rgb, alpha = decode(data, max(hw), label, max_pixels)
     side = style_side(settings, hw)
     if style_rgbs is None:
         style_rgbs = [decode(s, side, labels[i + 1] if len(labels) > i + 1 else None, max_pixels)[0] for i, s in enumerate(styles)]
