@@ -457,7 +457,8 @@ def process_command(strategy: str, content: Path, style: Path, out: Path, px: in
         return [sys.executable, str(Path(__file__).resolve()), "--torch-process", json.dumps(cfg)]
     cmd = [*_onnxstyle_argv(), "stylize", str(content), str(style), "-o", str(out), "--size", str(px),
            "--models", str(models), "--threads", str(threads)]
-    return cmd + (["--iterations", "300"] if strategy == "old" else [])
+    # old: the default before issue 22, one 300-evaluation stage and the monotone step rule.
+    return cmd + (["--iterations", "300", "--lbfgs-step", "armijo"] if strategy == "old" else [])
 
 
 def warm_command(strategy: str, cmd: list[str], px: int) -> list[str] | None:
@@ -468,7 +469,8 @@ def warm_command(strategy: str, cmd: list[str], px: int) -> list[str] | None:
     if strategy.startswith("torch"):
         return None
     if strategy == "old":
-        return [*cmd, "--iterations", "1"] if "--iterations" not in cmd else [*cmd[:-2], "--iterations", "1"]
+        i = cmd.index("--iterations")
+        return [*cmd[:i + 1], "1", *cmd[i + 2:]]
     sizes = pyramid_sizes(px)
     return [*cmd, "--scales", ",".join(map(str, sizes)), "--scale-iterations", ",".join("1" for _ in sizes)]
 
@@ -579,8 +581,9 @@ def process_markdown(res: dict[str, Any]) -> str:
         "",
         "Each row is one process, timed from spawn to exit (imports, model, targets, optimization, writing the PNG); the "
         "onnxstyle ones after one untimed run that compiles the same shapes (a user's second run). `old`: `onnxstyle "
-        "stylize C S -o out.png --iterations 300` (the fixed schedule of before); `new`: the same without `--iterations` "
-        "(the √2 pyramid with the stop rule); `torch-bf16`: torch.optim.LBFGS as the PyTorch tutorial runs it, 300 "
+        "stylize C S -o out.png --iterations 300 --lbfgs-step armijo` (the default of before: one fixed stage, the "
+        "monotone step rule); `new`: `onnxstyle stylize C S -o out.png` (the default: the √2 pyramid, the stop rule, "
+        "torch-like unit steps); `torch-bf16`: torch.optim.LBFGS as the PyTorch tutorial runs it, 300 "
         "evaluations, the loss under `torch.autocast('cpu', dtype=torch.bfloat16)`. Judge (benchmarks/judge.py): the "
         "fp32 loss on onnxruntime, and the sliced-Wasserstein distance of VGG features to the style (mean over style "
         "layers, each relative to the style's spread); lower is better.",
@@ -649,6 +652,8 @@ def processes_main(args: argparse.Namespace, models: Path, threads: int, say: Ca
 
     sizes = [int(s) for s in (args.sizes or ("96" if args.quick else "512,1024")).split(",") if s.strip()]
     pairs = list(PAIRS[: args.pairs] if args.pairs else PAIRS)
+    if args.pair_names:
+        pairs = [tuple(p.split(":")) for p in args.pair_names.split(",")]  # type: ignore[misc]
     strategies = [s.strip() for s in (args.process_strategies or ",".join(PROCESS_STRATEGIES)).split(",") if s.strip()]
     if not native_bf16() or args.torch_fp32:
         strategies = [("torch-fp32" if s == "torch-bf16" else s) for s in strategies]
@@ -661,8 +666,14 @@ def processes_main(args: argparse.Namespace, models: Path, threads: int, say: Ca
         "strategies": strategies, "sizes": {},
     }
     plot = (args.out if args.quick else ROOT / "docs") / "time_to_quality_processes.png"
+    kept = args.out / "time_to_quality_processes.json"
+    if args.append and kept.is_file():
+        # Another invocation's rows (other pairs or strategies) stay, the same machine's.
+        old = json.loads(kept.read_text())
+        res["sizes"], res["command"] = old["sizes"], f"{old['command']}; then {res['command']}"
+        res["machine"]["loadavg_start"] = old["machine"]["loadavg_start"]
     for px in sizes:
-        entry = res["sizes"][str(px)] = {"rows": [], "summary": {}}
+        entry = res["sizes"].setdefault(str(px), {"rows": [], "summary": {}})
         for pair in pairs:
             entry["rows"] += run_pair(px, pair, strategies, models, threads, work, say)
             entry["summary"] = summarize(entry["rows"], px)
@@ -766,6 +777,8 @@ def main() -> None:
     ap.add_argument("--processes", action="store_true",
                     help="issue 22: old default, new default and torch bf16 autocast as whole processes on the pairs, judged alike")
     ap.add_argument("--pairs", type=int, default=None, help="--processes: the first N pairs only (default: all five)")
+    ap.add_argument("--pair-names", default=None, help="--processes: content:style pairs by file stem, comma-separated")
+    ap.add_argument("--append", action="store_true", help="--processes: add to the results already written, not replace them")
     ap.add_argument("--process-strategies", default=None, help=f"--processes: of {', '.join(PROCESS_STRATEGIES)}, torch-fp32")
     ap.add_argument("--torch-fp32", action="store_true", help="--processes: torch in fp32 eager instead of bf16 autocast")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

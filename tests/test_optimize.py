@@ -385,3 +385,71 @@ def test_the_budget_is_never_exceeded(name: str, budget: int, faults: bool) -> N
     if not faults or name != "keras-rounds":
         # The valley is not solved within 50 evaluations: each of them is spent.
         assert len(f.points) == budget
+
+
+# ---- lbfgs32's step rules: "unit" (the default, torch's acceptance) and "armijo" ----------------
+def _bumped(k: int, factor: float):  # type: ignore[no-untyped-def]
+    """A well-conditioned quadratic whose k-th evaluation reports ``factor`` × the loss reported
+    just before it (a rise), the gradient untouched; and the evaluated points."""
+    rng = np.random.default_rng(3)
+    target = rng.uniform(0.3, 0.7, (1, 3, 5, 5)).astype(np.float32)
+    base = quadratic(target, rng.uniform(0.5, 2.0, target.shape))
+    seen: list[np.ndarray] = []
+    last = {"loss": 0.0}
+
+    def f(x: np.ndarray):  # type: ignore[no-untyped-def]
+        loss, g, t = base(x)
+        seen.append(x.copy())
+        if len(seen) == k:
+            loss = factor * last["loss"]
+        last["loss"] = loss
+        return loss, g, t
+
+    return f, seen
+
+
+def _backtracked(seen: list[np.ndarray], k: int) -> bool:
+    """Whether evaluation k + 1 lies on the segment from evaluation k - 1 to k (a shorter step
+    along the same direction), as a backtracking search puts it."""
+    p0, p1, p2 = (seen[i - 1].ravel().astype(np.float64) for i in (k - 1, k, k + 1))
+    d = p1 - p0
+    lam = float(np.dot(p2 - p0, d) / np.dot(d, d))
+    return 0 < lam < 1 and float(np.linalg.norm(p2 - p0 - lam * d)) < 1e-5 * float(np.linalg.norm(d))
+
+
+@pytest.mark.parametrize(("step", "factor", "backtracks"), [("unit", 1.5, False), ("unit", 3.0, True), ("armijo", 1.5, True)])
+def test_unit_steps_keep_a_small_rise_and_back_off_a_big_one(step: str, factor: float, backtracks: bool) -> None:
+    k = 5  # the memory holds pairs by then
+    f, seen = _bumped(k, factor)
+    res = lbfgs32(f, np.full((1, 3, 5, 5), 0.5, np.float32), 12, history=5, step=step)
+    assert res.evaluations == 12 and len(seen) == 12
+    assert _backtracked(seen, k) is backtracks
+
+
+def test_unit_steps_near_a_bound_trade_exactness_for_speed_armijo_keeps_it() -> None:
+    # ~5% of the variables want to leave [0, 1] (a style transfer has ~1-2% of its pixels on
+    # a bound); the minimum is the target clipped. "unit" pairs the intended step of a
+    # clipped pixel with no move (as torch's L-BFGS does): within 1e-3 of the way to the
+    # minimum, not to it; "armijo" (the active set) reaches it.
+    rng = np.random.default_rng(4)
+    target = rng.uniform(0.05, 0.95, (1, 3, 16, 16)).astype(np.float32)
+    out = rng.random(target.shape) < 0.05
+    target[out] = rng.choice([-0.3, 1.3], int(out.sum()))
+    f = quadratic(target, rng.uniform(0.1, 10, target.shape))
+    x0 = np.full(target.shape, 0.5, np.float32)
+    f0, fmin = f(x0)[0], f(np.clip(target, 0, 1))[0]
+    unit = lbfgs32(f, x0, 300, history=10)
+    assert 0 <= (unit.loss - fmin) / (f0 - fmin) < 1e-3
+    assert unit.image.min() >= 0 and unit.image.max() <= 1
+    exact = lbfgs32(f, x0, 300, history=10, step="armijo")
+    np.testing.assert_allclose(exact.image, np.clip(target, 0, 1), atol=1e-5)
+
+
+def test_the_step_rule_is_checked() -> None:
+    from onnxstyle.runtime.settings import RunSettings
+
+    with pytest.raises(ValueError, match="step"):
+        lbfgs32(quadratic(np.zeros((1, 1, 2, 2), np.float32), np.ones((1, 1, 2, 2))), np.zeros((1, 1, 2, 2), np.float32), 3, step="wolfe")
+    with pytest.raises(ValueError, match="lbfgs-step"):
+        RunSettings(lbfgs_step="wolfe")
+    assert RunSettings().lbfgs_step == "unit"

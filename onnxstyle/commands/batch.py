@@ -21,7 +21,7 @@ from ..runtime.image_io import write_atomic
 from ..workers.ray_address import DEFAULT_TIMEOUT as DEFAULT_RAY_TIMEOUT
 from ..workers.worker import ModelsSource, Outcome, WorkerSpec
 from .options import (
-    EXIT_USAGE, Common, RayAddressOpt, RayTimeoutOpt, VerboseOpt, choice, command, err, fail, interrupt_code, sigterm_as_interrupt,
+    EXIT_USAGE, IMAGE_RUN_OPTIONS, Common, RayAddressOpt, RayTimeoutOpt, VerboseOpt, choice, command, err, fail, interrupt_code, sigterm_as_interrupt,
 )
 
 READABLE = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -72,13 +72,10 @@ class Tally:
         return text + (f"; {rate:.2f} images/min" if rate else "")
 
 
-RUN_OPTIONS = (
-    "size", "iterations", "content_weight", "style_weight", "tv_weight", "style_blend", "style_scale", "init", "seed",
-    "optimizer", "adam_lr", "preserve_color", "scales", "scale_iterations", "tile", "max_memory", "stop_tol", "stop_window",
-)
 
 
-@command(run=RUN_OPTIONS, init=("content, style or noise", None))
+
+@command(run=IMAGE_RUN_OPTIONS, init=("content, style or noise", None))
 def batch(
     input_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="folder of content images")],
     styles: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="one or more style images")],

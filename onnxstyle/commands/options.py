@@ -138,6 +138,14 @@ def models_preset(models: Path | None) -> str | None:
         return None  # the models check that follows reports what is wrong
 
 
+# The run settings an image command (stylize, batch) offers, each generated from its knob.
+IMAGE_RUN_OPTIONS = (
+    "size", "iterations", "content_weight", "style_weight", "tv_weight", "style_blend", "style_scale", "init", "seed",
+    "optimizer", "adam_lr", "lbfgs_step", "preserve_color", "scales", "scale_iterations", "tile", "max_memory", "stop_tol",
+    "stop_window",
+)
+
+
 @dataclass
 class Common:
     """The options every computing command takes: which export, on which engine, how loud."""

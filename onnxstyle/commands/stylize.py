@@ -16,13 +16,10 @@ from ..runtime import inputs
 from ..runtime.image_io import DEFAULT_MAX_PIXELS, ImageHeader, check_output_path, save_image
 from ..runtime.optimize import Iterate, Result
 from ..runtime.settings import RunSettings
-from .options import EXIT_FAULTS, EXIT_USAGE, Common, command, duration, err, fail, interrupt_code, out, sigterm_as_interrupt
+from .options import EXIT_FAULTS, EXIT_USAGE, IMAGE_RUN_OPTIONS, Common, command, duration, err, fail, interrupt_code, out, sigterm_as_interrupt
 
 DEMO_SIZE = 256  # the no-argument demo: about two minutes on two cores
-RUN_OPTIONS = (
-    "size", "iterations", "content_weight", "style_weight", "tv_weight", "style_blend", "style_scale", "init", "seed",
-    "optimizer", "adam_lr", "preserve_color", "scales", "scale_iterations", "tile", "max_memory", "stop_tol", "stop_window",
-)
+
 
 
 @dataclass
@@ -102,8 +99,9 @@ class StylizeJob:
         save_image(path, rgb, alpha, meta)
 
 
-def _print_plan(plan: Any, stylizer: Any) -> None:
-    """The dry-run: what would run, where, and its estimated peak memory, as plain lines."""
+def _print_plan(plan: Any, stylizer: Any, settings: RunSettings) -> None:
+    """The dry-run: what would run, where, and its estimated peak memory, as plain lines; each
+    stage's evaluations are its cap where the stop rule may end it sooner."""
     budget = f"{plan.budget / 2**20:.0f} MiB" if plan.budget is not None else "unknown"
     out.print(f"device: {stylizer.engine.provider}, {stylizer.engine.threads} threads; models: {stylizer.engine.folder}")
     out.print(f"memory budget: {budget}; estimated peak: {plan.peak / 2**20:.0f} MiB")
@@ -112,8 +110,11 @@ def _print_plan(plan: Any, stylizer: Any) -> None:
         tiles = (f"{len(t.tiles)} tiles ({t.grid[0]}x{t.grid[1]}) of {t.inner} px + {t.halo} px halo, "
                  f"{t.overhead:.2f}x pixels per pass") if t else "untiled"
         parts = ", ".join(f"{k} {v / 2**20:.0f}" for k, v in st.estimate.parts.items())
+        window, tol = settings.stop_rule(st.index, len(plan.stages))
+        evals = (f"at most {st.evaluations} evaluations (ends once the loss falls < {tol:.2%} in {window})"
+                 if window and st.optimizer == "lbfgs" else f"{st.evaluations} evaluations")
         out.print(
-            f"stage {st.index}/{len(plan.stages)}: {st.width}x{st.height}, {st.evaluations} evaluations, {tiles}, "
+            f"stage {st.index}/{len(plan.stages)}: {st.width}x{st.height}, {evals}, {tiles}, "
             f"{st.optimizer}" + (f" (history {st.history})" if st.optimizer == "lbfgs" else "")
             + f"; estimated peak {st.estimate.total / 2**20:.0f} MiB ({parts} MiB)"
             + ("" if st.fp32_fallback else "; no fp32 fallback on a stall (over the budget)")
@@ -153,7 +154,7 @@ def _init(init: str | None) -> tuple[str | None, Path | None]:
     return "image", Path(init)
 
 
-@command(run=RUN_OPTIONS)
+@command(run=IMAGE_RUN_OPTIONS)
 def stylize(
     content: Annotated[
         Optional[Path], typer.Argument(exists=True, dir_okay=False, help="content image (default: the bundled Tübingen photo)")
@@ -183,7 +184,7 @@ def stylize(
         common.say(f"no inputs given: stylizing the bundled Tübingen photo with The Starry Night at {settings.size} px → {output}")
     stylizer = common.open(config=common.config("fp16" if fp16 else None))
     if dry_run:
-        _print_plan(job.plan(stylizer), stylizer)
+        _print_plan(job.plan(stylizer), stylizer, settings)
     # Refuse a size that cannot fit before anything of that size is allocated.
     from ..runtime.plan import check_plan
 

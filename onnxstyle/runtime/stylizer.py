@@ -340,7 +340,7 @@ class Stylizer:
             try:
                 r = lbfgs32(
                     objective, x0, evaluations, history=s.lbfgs_history, callback=cb, on_stall=fb.upgrade if fb else None,
-                    stop=stop, memory=memory,
+                    stop=stop, memory=memory, step=s.lbfgs_step,
                 )
             except Interrupted as e:
                 if fb is not None and isinstance(e.partial, Result):
