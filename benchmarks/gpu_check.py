@@ -9,7 +9,10 @@ Prepared to run in at most 8 minutes on a machine with one NVIDIA GPU and onnxru
    looser, stated ones for fp16;
 2. times one loss + gradient evaluation at 512 and 1024 px (median of 5 after warm-up,
    TensorRT's engine build reported separately);
-3. writes benchmarks/results/gpu.{json,md}.
+3. times torch's own paths on the same GPU, the honest peer: eager fp32 autograd of the
+   identical loss (onnxstyle/reference/vgg.py), and the same under fp16 and bf16 autocast
+   (``torch.autocast("cuda", dtype=...)``), where torch with CUDA is installed;
+4. writes benchmarks/results/gpu.{json,md}.
 
 A provider that is missing (TensorRT's libraries are not on every image) is reported as
 skipped with the reason, not as a failure.
@@ -116,6 +119,52 @@ def run_path(models: Path, device: str, precision: str, cpu_refs: dict[Any, dict
     return out
 
 
+TORCH_PATHS = (("fp32", None), ("fp16 autocast", "float16"), ("bf16 autocast", "bfloat16"))
+
+
+def torch_cuda(models: Path, deadline: float, repeats: int = 5) -> dict[str, Any]:
+    """torch's loss + gradient on the GPU at the timing sizes, per path: what a torch user gets there."""
+    try:
+        import torch
+    except ImportError:
+        return {"status": "skipped", "reason": "torch is not installed"}
+    if not torch.cuda.is_available():
+        return {"status": "skipped", "reason": "torch has no CUDA device here"}
+    from onnxstyle.exportdir import read_manifest
+    from onnxstyle.reference.vgg import VGG19, reference_loss
+    from onnxstyle.reference.weights import load_caffe, load_weights
+
+    manifest = read_manifest(models)
+    spec, source = manifest.spec, manifest.data["weights"]["requested"]
+    model = VGG19(load_caffe() if source == "caffe" else load_weights(source), last=spec.deepest, pooling=spec.pooling).eval().cuda()
+    cpu = Engine(models, EngineConfig(device="cpu"))
+    out: dict[str, Any] = {"status": "ran", "device": torch.cuda.get_device_name(0), "timings": {}}
+    for (h, w) in TIME_SIZES:
+        _, feeds = evaluate(cpu, h, w, 0)
+        x = torch.from_numpy(feeds["x"]).cuda()
+        targets = {k: torch.from_numpy(np.ascontiguousarray(v)).cuda() for k, v in feeds["targets"].items()}
+        for name, dtype in TORCH_PATHS:
+            if time.monotonic() > deadline:
+                out["timings"][f"{name} {h}x{w}"] = {"skipped": "time budget spent"}
+                continue
+
+            def once() -> None:
+                xi = x.detach().clone().requires_grad_(True)
+                with torch.autocast("cuda", dtype=getattr(torch, dtype), enabled=dtype is not None):
+                    loss, _ = reference_loss(model, spec, xi, targets)
+                loss.float().backward()
+                torch.cuda.synchronize()
+
+            once()  # cuDNN's algorithm search and the allocator's first blocks
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                once()
+                times.append(time.perf_counter() - t)
+            out["timings"][f"{name} {h}x{w}"] = {"median_s": float(np.median(times))}
+    return out
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = [
         "# GPU check", "",
@@ -134,6 +183,14 @@ def markdown(res: dict[str, Any]) -> str:
         t = [r["timings"].get(f"{h}x{w}", {}) for h, w in TIME_SIZES]
         cells = [f"{x['median_s'] * 1000:.0f} ms" if "median_s" in x else "—" for x in t]
         lines.append(f"| {name} | {r['status']} {r.get('reason', '')} | {'; '.join(val)} | {cells[0]} | {cells[1]} | {res['cpu_512_ms']:.0f} ms |")
+    t = res.get("torch", {})
+    if t.get("status") != "ran":
+        lines += ["", f"torch on the GPU: skipped ({t.get('reason', 'not run')})."]
+    else:
+        lines += ["", f"torch on the GPU ({t['device']}), the same loss + gradient:", "", "| torch path | 512x384 | 1024x768 |", "| --- | --- | --- |"]
+        for name, _ in TORCH_PATHS:
+            cells = [t["timings"].get(f"{name} {h}x{w}", {}) for h, w in TIME_SIZES]
+            lines.append(f"| {name} | " + " | ".join(f"{c['median_s'] * 1000:.0f} ms" if "median_s" in c else "—" for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -156,6 +213,7 @@ def main() -> None:
         "cpu_512_ms": cpu_512,
         "paths": {f"{d} {p}": run_path(args.models, d, p, refs, deadline) for d, p in PATHS},
     }
+    res["torch"] = torch_cuda(args.models, deadline)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.json").write_text(json.dumps(res, indent=1) + "\n")
     md = markdown(res)

@@ -133,10 +133,10 @@ def test_pyramid_sizes_rise_by_root_two_to_the_size(size: int) -> None:
 def test_the_default_stages_are_the_pyramid() -> None:
     s = RunSettings(size=512)
     assert s.pyramid
-    assert s.stages() == [(128, 80), (184, 80), (256, 80), (360, 80), (512, 200)]
+    assert s.stages() == [(128, 20), (184, 20), (256, 20), (360, 20), (512, 250)]
     assert [n for n, _ in RunSettings(size=1024).stages()] == [128, 184, 256, 360, 512, 728, 1024]
-    assert RunSettings(size=1024).stages()[-1] == (1024, 200)
-    assert RunSettings(size=96).stages() == [(96, 200)]  # nothing coarser is worth a stage
+    assert RunSettings(size=1024).stages()[-1] == (1024, 250)
+    assert RunSettings(size=96).stages() == [(96, 250)]  # nothing coarser is worth a stage
     custom = RunSettings(size=512, pyramid_start=256, pyramid_coarse_iterations=50, pyramid_final_iterations=80)
     assert custom.stages() == [(256, 50), (360, 50), (512, 80)]
     # The work (pixels × evaluations, in output-size evaluations) at the caps is under the old

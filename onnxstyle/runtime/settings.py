@@ -86,7 +86,7 @@ class RunSettings:
     # number: that many in every stage, the fixed schedule of old (FIXED_ITERATIONS without
     # one but with --scales); the stop rule is then off unless stop_tol/stop_window are given.
     iterations: int | None = knob(None, "gradient evaluations per stage (each stage of --scales), no stop rule", min=1,
-                                  show="the pyramid's caps (80 per coarse stage, 200 at the size), or the preset's")
+                                  show="the pyramid's caps (20 per coarse stage, 250 at the size), or the preset's")
     # None: the export's default (gatys: content 1, style 20, TV 0). The gatys losses are
     # relative errors, so these balance the same way at every size and for both weights.
     content_weight: float | None = knob(None, "weight of the content loss", min=0, show="the export's (gatys: 1)")
@@ -148,14 +148,15 @@ class RunSettings:
     # costs 1/16 of a 512 px one) and each stage starts from the coarser one's converged image.
     pyramid_start: int = 128
     # Evaluation caps of the pyramid: each coarse stage, and the output-size stage; the stop
-    # rule ends a stage earlier once it has flattened. At most 275 output-size evaluations'
-    # worth of work at 512 px (80 × 0.94 + 200) against the old 300, 279 at 1024 against 338.
-    # Smoke figures at 256 px (loaded machine, Tübingen × Starry Night, fp32 judge): 300 fixed
-    # 1.129; the pyramid at 120/200 caps 1.112 in the same work; at 60/100, 1.165 in half.
-    # The output-size stage needs ~150 evaluations from an upsampled image to reach the old
-    # loss: its cap is what buys quality, the coarse caps what buy time.
-    pyramid_coarse_iterations: int = 80
-    pyramid_final_iterations: int = 200
+    # rule ends a stage earlier once it has flattened. Measured at 512 px (AMD EPYC Zen 4,
+    # bf16, Tübingen × The Starry Night, loss against seconds in one process): coarse caps
+    # of 10, 20, 40 and 80, or a 256-360-512 ladder, all reach the same loss at the same
+    # time once the output-size stage has run ~150 evaluations; the output-size stage's
+    # tail sets the time (it needs ~210 evaluations from any of them to reach the old
+    # default's 300-evaluation loss). 20 is the cheapest cap that does not lose there
+    # (10 did); 250 at the size reaches a lower loss than the old 300 in less time.
+    pyramid_coarse_iterations: int = 20
+    pyramid_final_iterations: int = 250
     # The stop rule (optimize.StopRule): a stage ends when its best loss fell by less than
     # stop_tol (relative) over the last stop_window evaluations. None: on for the default
     # pyramid (window 20, tol 0.002 at the output size, 0.01 on coarse stages, where the
