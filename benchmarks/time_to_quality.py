@@ -574,8 +574,11 @@ def process_markdown(res: dict[str, Any]) -> str:
     if res["quick"]:
         lines += ["**Smoke run: tiny sizes, the figures mean nothing.**", ""]
     load = max(m["loadavg_start"][0], res.get("loadavg_end", [0])[0])
-    if load > 0.5 * m["threads"]:
-        lines += [f"**The machine was busy (load average up to {load:.1f}): times are unreliable.**", ""]
+    # Each process under test keeps ``threads`` cores busy itself: more than that is other work.
+    if load > m["threads"] + 0.5:
+        lines += [f"**The machine was busy (load average up to {load:.1f}, {m['threads']} of it this run's): times are unreliable.**", ""]
+    else:
+        lines += [f"Load average up to {load:.1f}, this run's own {m['threads']} threads included.", ""]
     lines += [
         f"{m['cpu']}, {m['threads']} threads; {m['date']}; native bf16: {'yes' if res['native_bf16'] else 'no'}.",
         "",
