@@ -72,9 +72,6 @@ class Tally:
         return text + (f"; {rate:.2f} images/min" if rate else "")
 
 
-
-
-
 @command(run=IMAGE_RUN_OPTIONS, init=("content, style or noise", None))
 def batch(
     input_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="folder of content images")],

@@ -21,7 +21,6 @@ from .options import EXIT_FAULTS, EXIT_USAGE, IMAGE_RUN_OPTIONS, Common, command
 DEMO_SIZE = 256  # the no-argument demo: about two minutes on two cores
 
 
-
 @dataclass
 class StylizeJob:
     """One content image, one or more styles, one output file: paths checked before any work,

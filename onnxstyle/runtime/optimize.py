@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import Interrupted, MissingDependencyError
+from .settings import LBFGS_STEPS
 
 Objective = Callable[[np.ndarray], tuple[float, np.ndarray, dict[str, float]]]
 
@@ -348,8 +349,8 @@ def lbfgs32(
     """
     track = _Driver(objective, evaluations, callback, x0.shape, stop=stop)
     mem = memory if memory is not None else LbfgsMemory(history)
-    if step not in ("unit", "armijo"):
-        raise ValueError(f"step {step!r}: choose unit or armijo")
+    if step not in LBFGS_STEPS:
+        raise ValueError(f"step {step!r}: choose {' or '.join(LBFGS_STEPS)}")
     rule = _ProjectedLbfgs(track, x0, mem, on_stall, patience, monotone=step == "armijo")
     result = track.run(x0, rule.update, rule.reset, max_faults)
     result.memory = mem
