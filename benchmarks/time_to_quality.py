@@ -668,7 +668,7 @@ def processes_main(args: argparse.Namespace, models: Path, threads: int, say: Ca
                     "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
         "strategies": strategies, "sizes": {},
     }
-    plot = (args.out if args.quick else ROOT / "docs") / "time_to_quality_processes.png"
+    plot = args.plot or (args.out if args.quick else ROOT / "docs") / "time_to_quality_processes.png"
     kept = args.out / "time_to_quality_processes.json"
     if args.append and kept.is_file():
         # Another invocation's rows (other pairs or strategies) stay, the same machine's.
@@ -783,6 +783,8 @@ def main() -> None:
     ap.add_argument("--pair-names", default=None, help="--processes: content:style pairs by file stem, comma-separated")
     ap.add_argument("--append", action="store_true", help="--processes: add to the results already written, not replace them")
     ap.add_argument("--process-strategies", default=None, help=f"--processes: of {', '.join(PROCESS_STRATEGIES)}, torch-fp32")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="--processes: where the curves go (default docs/time_to_quality_processes.png); another machine's results get their own")
     ap.add_argument("--torch-fp32", action="store_true", help="--processes: torch in fp32 eager instead of bf16 autocast")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--torch-process", default=None, help=argparse.SUPPRESS)
