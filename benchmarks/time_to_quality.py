@@ -627,22 +627,25 @@ def plot_processes(res: dict[str, Any], path: Path) -> str | None:
     pairs = sorted({tuple(r["pair"]) for e in res["sizes"].values() for r in e["rows"]})
     if not pairs:
         return None
-    fig, axes = plt.subplots(len(sizes), len(pairs), figsize=(4 * len(pairs), 3.2 * len(sizes)), squeeze=False)
+    # Only the panels that have runs: results made in parts need not hold every size × pair.
+    panels = [(px, pair) for px in sizes for pair in pairs if any(tuple(r["pair"]) == pair for r in res["sizes"][px]["rows"])]
+    cols = min(len(panels), len(pairs))
+    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(4 * cols, 3.2 * -(-len(panels) // cols)), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     colours = {"old": "tab:blue", "new": "tab:green", "torch-bf16": "tab:red", "torch-fp32": "tab:orange"}
-    for i, px in enumerate(sizes):
-        for k, pair in enumerate(pairs):
-            ax = axes[i][k]
-            for r in (r for r in res["sizes"][px]["rows"] if tuple(r["pair"]) == pair):
-                pts = [(t, loss) for t, _, stage, stages, loss in r["trace"] if stage == stages]
-                c = colours.get(r["strategy"], "black")
-                if pts:
-                    ax.plot(*zip(*pts), color=c, lw=1, label=r["strategy"])
-                ax.plot([r["wall_s"]], [r["judge"]["fp32_loss"]], "o", color=c, ms=5)
-            ax.set_yscale("log")
-            ax.set_title(f"{px} px: {' × '.join(pair)}", fontsize=9)
-            ax.set_xlabel("seconds since the process started")
-            ax.set_ylabel("loss (line: own; dot: fp32 judge)")
-            ax.legend(fontsize=7)
+    for ax, (px, pair) in zip(axes.flat, panels):
+        for r in (r for r in res["sizes"][px]["rows"] if tuple(r["pair"]) == pair):
+            pts = [(t, loss) for t, _, stage, stages, loss in r["trace"] if stage == stages]
+            c = colours.get(r["strategy"], "black")
+            if pts:
+                ax.plot(*zip(*pts), color=c, lw=1, label=r["strategy"])
+            ax.plot([r["wall_s"]], [r["judge"]["fp32_loss"]], "o", color=c, ms=5)
+        ax.set_yscale("log")
+        ax.set_title(f"{px} px: {' × '.join(pair)}", fontsize=9)
+        ax.set_xlabel("seconds since the process started")
+        ax.set_ylabel("loss (line: own; dot: fp32 judge)")
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
