@@ -101,8 +101,8 @@ def pick_sides(text: str | None) -> list[Side]:
     """``--sides`` (comma-separated names; default: all available); torch is always included."""
     if not text:
         return available_sides()
-    have = available_sides(asked="torch-bf16" in text)
     names = [n.strip() for n in text.split(",") if n.strip()]
+    have = available_sides(asked="torch-bf16" in names)
     unknown = [n for n in names if n not in SIDE]
     if unknown:
         raise SystemExit(f"--sides: unknown {', '.join(unknown)}; choose from {', '.join(SIDE)}")

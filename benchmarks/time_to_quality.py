@@ -630,7 +630,8 @@ def plot_processes(res: dict[str, Any], path: Path) -> str | None:
     # Only the panels that have runs: results made in parts need not hold every size × pair.
     panels = [(px, pair) for px in sizes for pair in pairs if any(tuple(r["pair"]) == pair for r in res["sizes"][px]["rows"])]
     cols = min(len(panels), len(pairs))
-    fig, axes = plt.subplots(-(-len(panels) // cols), cols, figsize=(4 * cols, 3.2 * -(-len(panels) // cols)), squeeze=False)
+    rows = -(-len(panels) // cols)  # ceiling division
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     colours = {"old": "tab:blue", "new": "tab:green", "torch-bf16": "tab:red", "torch-fp32": "tab:orange"}
